@@ -1,0 +1,388 @@
+"""Kronecker factor math: factor shapes, the efficient Kronecker matmul, materialising,
+nearest-Kronecker approximation, parameter and FLOP counts.
+
+Conventions (DESIGN.md): a weight W of shape (out, in[, k, k]) is adapted by
+ΔW = kron(w1, w2) with w1 of shape (a1, a2) and w2 of shape (b1, b2[, k, k]),
+a1·b1 = out, a2·b2 = in. For convolutions the kernel lives in w2 (LyCORIS LoKr layout).
+Pure functions only: nothing here knows about modules, files or hosts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Order = Literal["w2_first", "w1_first"]
+
+
+@dataclass(frozen=True)
+class KronShape:
+    """Factor shapes of one adapted layer."""
+
+    a1: int
+    a2: int
+    b1: int
+    b2: int
+    kernel: tuple[int, ...] = ()
+
+    @property
+    def out_features(self) -> int:
+        return self.a1 * self.b1
+
+    @property
+    def in_features(self) -> int:
+        return self.a2 * self.b2
+
+    @property
+    def w1_shape(self) -> tuple[int, int]:
+        return (self.a1, self.a2)
+
+    @property
+    def w2_shape(self) -> tuple[int, ...]:
+        return (self.b1, self.b2, *self.kernel)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features, *self.kernel)
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def params(self) -> int:
+        return self.a1 * self.a2 + self.b1 * self.b2 * self.kernel_numel
+
+    @property
+    def max_rank(self) -> int:
+        """Upper bound of rank(ΔW) viewed as an (out, in·k·k) matrix: rank(A ⊗ B) = rank A · rank B."""
+        return min(self.a1, self.a2) * min(self.b1, self.b2 * self.kernel_numel)
+
+    def to_json(self) -> list[int]:
+        """[a1, a2, b1, b2] — the per-layer record written to `krona.factors`."""
+        return [self.a1, self.a2, self.b1, self.b2]
+
+    @classmethod
+    def from_factors(cls, w1_shape: Sequence[int], w2_shape: Sequence[int]) -> "KronShape":
+        a1, a2 = (int(v) for v in w1_shape)
+        b1, b2, *kernel = (int(v) for v in w2_shape)
+        return cls(a1, a2, b1, b2, tuple(kernel))
+
+
+# --------------------------------------------------------------------------- shape choice
+
+
+def divisors(n: int) -> list[int]:
+    """All positive divisors of n, ascending."""
+    if n < 1:
+        raise ValueError(f"divisors: expected a positive integer, got {n}")
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
+
+
+def nearest_divisor(n: int, target: int) -> int:
+    """The divisor of n closest to target on a log scale; ties go to the smaller divisor.
+
+    The log scale makes "twice too big" and "half too small" equally far, which matches how
+    a factor size changes the parameter count (multiplicatively). target itself is returned
+    when it divides n; a target larger than n gives n.
+    """
+    if target < 1:
+        raise ValueError(f"factor size must be ≥ 1, got {target}")
+    if n % target == 0:
+        return target
+    return min(divisors(n), key=lambda d: (abs(math.log(d / target)), d))
+
+
+def choose_shape(weight_shape: Sequence[int], a1: int = 64, a2: int = 8) -> KronShape:
+    """Factor shapes for a layer with weight (out, in[, k, k]) from the requested (a1, a2).
+
+    Divisor fallback: when a1 does not divide out (or a2 does not divide in) the nearest
+    divisor on a log scale is used instead (see `nearest_divisor`); the shapes actually used
+    are what callers record per layer in the file metadata.
+    """
+    out_features, in_features, *kernel = (int(v) for v in weight_shape)
+    fa1 = nearest_divisor(out_features, a1)
+    fa2 = nearest_divisor(in_features, a2)
+    return KronShape(fa1, fa2, out_features // fa1, in_features // fa2, tuple(kernel))
+
+
+def captured_energy_fraction(rows: int, cols: int) -> float:
+    """Expected share of a random matrix's energy kept by its best rank-1 approximation.
+
+    For an m×n matrix with i.i.d. entries E[σ1²] ≈ (√m + √n)², against E‖R‖² = m·n. Used as
+    the default, data-free capacity model of a factorisation (the rearranged R of
+    Van Loan–Pitsianis has a1·a2 rows and b1·b2·k² columns).
+    """
+    return min(1.0, (math.sqrt(rows) + math.sqrt(cols)) ** 2 / (rows * cols))
+
+
+def _default_cost(shape: KronShape) -> float:
+    rows = shape.a1 * shape.a2
+    cols = shape.b1 * shape.b2 * shape.kernel_numel
+    # expected squared error, in units of the layer's element count (bigger layers weigh more)
+    return rows * cols * (1.0 - captured_energy_fraction(rows, cols))
+
+
+def candidate_shapes(weight_shape: Sequence[int], a1: int = 64, a2: int = 8) -> list[KronShape]:
+    """One factorisation per achievable product a1·a2, the one closest to the a1:a2 aspect.
+
+    The parameter count a1·a2 + out·in·k²/(a1·a2) depends only on the product a1·a2, so the
+    product is what a budget trades; the split keeps the aspect of the requested (a1, a2)
+    (the paper's 64:8 makes the first factor tall).
+    """
+    out_features, in_features, *kernel = (int(v) for v in weight_shape)
+    aspect = math.log(a1 / a2)
+    best: dict[int, tuple[float, KronShape]] = {}
+    for d1 in divisors(out_features):
+        for d2 in divisors(in_features):
+            score = abs(math.log(d1 / d2) - aspect)
+            product = d1 * d2
+            if product not in best or score < best[product][0]:
+                best[product] = (score, KronShape(d1, d2, out_features // d1, in_features // d2, tuple(kernel)))
+    return [best[p][1] for p in sorted(best)]
+
+
+def _lower_hull(points: list[tuple[int, float, KronShape]]) -> list[tuple[int, float, KronShape]]:
+    """Lower convex hull of (params, cost) points with cost strictly decreasing."""
+    points = sorted(points, key=lambda p: (p[0], p[1]))
+    hull: list[tuple[int, float, KronShape]] = []
+    for p in points:
+        if hull and p[1] >= hull[-1][1]:
+            continue  # more parameters for no gain
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            # drop hull[-1] if it lies on or above the segment hull[-2] → p
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def plan_budget(
+    layers: Mapping[str, Sequence[int]],
+    budget: int,
+    a1: int = 64,
+    a2: int = 8,
+    cost: Callable[[str, KronShape], float] | None = None,
+) -> dict[str, KronShape]:
+    """Per-layer factor shapes whose total parameter count is at most `budget`.
+
+    Multiple-choice knapsack solved by its Lagrangian relaxation: each layer starts at its
+    cheapest factorisation and upgrades are taken in order of cost reduction per added
+    parameter, across all layers, until the next one would exceed the budget. Consequences:
+    the total never exceeds the budget, and every layer's choice (hence its cost) is
+    monotone in the budget — a larger budget never makes any layer worse.
+
+    cost(name, shape) scores a candidate (lower is better). The default is the expected
+    squared error of fitting a random ΔW (data-free); converters pass the actual
+    nearest-Kronecker error of the matrix they compress.
+    """
+    if not layers:
+        return {}
+    score = cost or (lambda _name, shape: _default_cost(shape))
+    hulls: dict[str, list[tuple[int, float, KronShape]]] = {}
+    for name, weight_shape in layers.items():
+        points = [(s.params, float(score(name, s)), s) for s in candidate_shapes(weight_shape, a1, a2)]
+        hulls[name] = _lower_hull(points)
+
+    chosen = {name: 0 for name in hulls}
+    total = sum(h[0][0] for h in hulls.values())
+    if total > budget:
+        raise ValueError(
+            f"parameter budget {budget:,} is below the minimum of {total:,} for these "
+            f"{len(layers)} layers (every layer at its smallest factorisation)"
+        )
+    upgrades = []
+    for name, hull in hulls.items():
+        for i in range(1, len(hull)):
+            d_params = hull[i][0] - hull[i - 1][0]
+            d_cost = hull[i][1] - hull[i - 1][1]
+            upgrades.append((d_cost / d_params, name, i, d_params))
+    # hull slopes increase along each layer, so sorting keeps each layer's upgrades in order
+    upgrades.sort(key=lambda u: (u[0], u[1], u[2]))
+    for _slope, name, i, d_params in upgrades:
+        if total + d_params > budget:
+            break
+        chosen[name] = i
+        total += d_params
+    return {name: hulls[name][i][2] for name, i in chosen.items()}
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def kron_params(shape: KronShape) -> int:
+    return shape.params
+
+
+def lora_params(weight_shape: Sequence[int], rank: int) -> int:
+    """Parameters of a LoRA of `rank` on a weight (out, in[, k, k]) (down carries the kernel)."""
+    out_features, in_features, *kernel = weight_shape
+    return rank * (out_features + in_features * math.prod(kernel))
+
+
+def choose_order(shape: KronShape) -> Order:
+    """Cheaper association for the linear 3-matmul form, by multiply-adds per token.
+
+    w2_first: (X·w2ᵀ) then w1·(…): a2·b2·b1 + a1·a2·b1
+    w1_first: (w1·X) then (…)·w2ᵀ: a1·a2·b2 + a1·b2·b1
+    """
+    k = shape.kernel_numel
+    w2_first = shape.a2 * shape.b1 * (shape.b2 * k + shape.a1)
+    w1_first = shape.a1 * shape.b2 * (shape.a2 + shape.b1 * k)
+    return "w2_first" if w2_first <= w1_first else "w1_first"
+
+
+def kron_flops(shape: KronShape, tokens: int = 1, order: Order | None = None) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the efficient Kronecker product for `tokens` rows.
+
+    For convolutions `tokens` is N·H_out·W_out and the input-side spatial size is taken equal
+    to the output one (stride 1, same padding), the case of every SD conv but the downsamplers.
+    """
+    order = order or choose_order(shape)
+    k = shape.kernel_numel
+    if order == "w2_first":
+        macs = shape.a2 * shape.b2 * k * shape.b1 + shape.a1 * shape.a2 * shape.b1
+    else:
+        macs = shape.a1 * shape.a2 * shape.b2 + shape.a1 * shape.b2 * k * shape.b1
+    return 2 * macs * tokens
+
+
+def lora_flops(weight_shape: Sequence[int], rank: int, tokens: int = 1) -> int:
+    out_features, in_features, *kernel = weight_shape
+    return 2 * rank * (out_features + in_features * math.prod(kernel)) * tokens
+
+
+def dense_flops(weight_shape: Sequence[int], tokens: int = 1) -> int:
+    return 2 * math.prod(weight_shape) * tokens
+
+
+# --------------------------------------------------------------------------- products
+
+
+def materialise(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """ΔW = kron(w1, w2); for a conv w2 (b1, b2, k, k) the result is (out, in, k, k).
+
+    torch.kron raises on non-contiguous inputs in torch 2.13 (e.g. a transposed factor),
+    hence the .contiguous() calls.
+    """
+    w1 = w1.contiguous()
+    w2 = w2.contiguous()
+    if w2.dim() > w1.dim():
+        w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - w1.dim())))
+    return torch.kron(w1, w2)
+
+
+def kron_linear(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, order: Order | None = None) -> torch.Tensor:
+    """x @ kron(w1, w2).T without forming the Kronecker product.
+
+    With X = x.reshape(N, a2, b2): y = (w1 @ X @ w2ᵀ).reshape(N, a1·b1). Both association
+    orders are plain matmuls, so autograd works unchanged.
+    """
+    a1, a2 = w1.shape
+    b1, b2 = w2.shape
+    if x.shape[-1] != a2 * b2:
+        raise ValueError(f"kron_linear: input has {x.shape[-1]} features, factors expect {a2}·{b2}={a2 * b2}")
+    lead = x.shape[:-1]
+    xs = x.reshape(-1, a2, b2)
+    order = order or choose_order(KronShape(a1, a2, b1, b2))
+    if order == "w2_first":
+        y = torch.matmul(w1, torch.matmul(xs, w2.t()))
+    else:
+        y = torch.matmul(torch.matmul(w1, xs), w2.t())
+    return y.reshape(*lead, a1 * b1)
+
+
+def kron_conv2d(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: int | str | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    order: Order | None = None,
+) -> torch.Tensor:
+    """conv2d(x, kron(w1, w2)) with w2 of shape (b1, b2, k, k), without forming the product.
+
+    The in-channels split into a2 groups of b2: each group is convolved by w2 (b2 → b1
+    channels), then w1 mixes the a2 groups into a1 output groups — or w1 mixes first and the
+    conv runs on a1 groups, whichever is fewer multiply-adds.
+    """
+    a1, a2 = w1.shape
+    b1, b2, kh, kw = w2.shape
+    n, c, h, w = x.shape
+    if c != a2 * b2:
+        raise ValueError(f"kron_conv2d: input has {c} channels, factors expect {a2}·{b2}={a2 * b2}")
+    order = order or choose_order(KronShape(a1, a2, b1, b2, (kh, kw)))
+    if order == "w2_first":
+        z = F.conv2d(x.reshape(n * a2, b2, h, w), w2, None, stride, padding, dilation)
+        ho, wo = z.shape[-2:]
+        y = torch.matmul(w1, z.reshape(n, a2, b1 * ho * wo))
+    else:
+        t = torch.matmul(w1, x.reshape(n, a2, b2 * h * w))
+        y = F.conv2d(t.reshape(n * a1, b2, h, w), w2, None, stride, padding, dilation)
+        ho, wo = y.shape[-2:]
+    return y.reshape(n, a1 * b1, ho, wo)
+
+
+# --------------------------------------------------------------------------- nearest Kronecker
+
+
+@dataclass
+class KronApprox:
+    """Best sum of `rank` Kronecker products: ΔW ≈ Σ_r kron(w1[r], w2[r])."""
+
+    w1: torch.Tensor  # (rank, a1, a2)
+    w2: torch.Tensor  # (rank, b1, b2[, k, k])
+    rel_error: float  # ‖W − Σ‖_F / ‖W‖_F (0 for W = 0)
+    singular_values: torch.Tensor
+
+    def materialise(self) -> torch.Tensor:
+        return sum(materialise(self.w1[r], self.w2[r]) for r in range(self.w1.shape[0]))
+
+
+def kron_rearrange(weight: torch.Tensor, a1: int, a2: int) -> torch.Tensor:
+    """Van Loan–Pitsianis rearrangement R[i·a2 + j, :] = W[i·b1:(i+1)·b1, j·b2:(j+1)·b2].ravel()."""
+    out_features, in_features, *kernel = weight.shape
+    if out_features % a1 or in_features % a2:
+        raise ValueError(f"({a1}, {a2}) does not divide a weight of shape {tuple(weight.shape)}")
+    b1, b2 = out_features // a1, in_features // a2
+    blocks = weight.reshape(a1, b1, a2, b2, *kernel).transpose(1, 2)
+    return blocks.reshape(a1 * a2, b1 * b2 * math.prod(kernel))
+
+
+def nearest_kronecker(weight: torch.Tensor, a1: int, a2: int, rank: int = 1) -> KronApprox:
+    """Best Frobenius-norm approximation of `weight` by a sum of `rank` Kronecker products.
+
+    Top-`rank` SVD of the rearranged matrix (Van Loan & Pitsianis 1993). Each singular value
+    is split evenly (√σ) between the two factors, so both are stored at similar magnitudes.
+    The error is exact from the discarded singular values.
+    """
+    out_features, in_features, *kernel = weight.shape
+    b1, b2 = out_features // a1, in_features // a2
+    compute_dtype = torch.float64 if weight.device.type == "cpu" else torch.float32
+    r = kron_rearrange(weight.detach().to(compute_dtype), a1, a2)
+    u, s, vh = torch.linalg.svd(r, full_matrices=False)
+    rank = min(rank, s.numel())
+    root = s[:rank].sqrt()
+    w1 = (u[:, :rank] * root).t().reshape(rank, a1, a2)
+    w2 = (vh[:rank] * root[:, None]).reshape(rank, b1, b2, *kernel)
+    total = float((s * s).sum())
+    rest = float((s[rank:] * s[rank:]).sum())
+    rel_error = math.sqrt(rest / total) if total > 0 else 0.0
+    dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    return KronApprox(w1.to(dtype), w2.to(dtype), rel_error, s.to(torch.float32))
