@@ -6,6 +6,7 @@ raises `KronAFileError` and leaves the model exactly as it was.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import torch.nn as nn
@@ -63,6 +64,8 @@ def apply(
     Unmatched modules of that network warn (or raise with strict=True); no match at all, or a
     factor shape that does not fit its layer, raises KronAFileError before anything is attached.
     """
+    if not math.isfinite(float(strength)):
+        raise ValueError(f"strength must be a finite number, got {strength}")
     if not isinstance(file, KronAFile):
         file = read(file)
     detected_network, detected_base = detect_network(model)
@@ -81,11 +84,6 @@ def apply(
             f"none of its {len(wanted)} {network} modules exist in {type(model).__name__} "
             f"(file base model: {file.base_model or 'unknown'}, model: {detected_base or 'unknown'}); e.g. {unmatched[0]!r}",
         )
-    if unmatched:
-        message = f"{len(unmatched)} of {len(wanted)} {network} modules have no match in the model, e.g. {unmatched[:3]}"
-        if strict:
-            raise KronAFileError(file.path, message)
-        warnings.warn(f"{file.path}: {message}", stacklevel=2)
     modules = dict(model.named_modules())
     shapes: dict[str, KronShape] = {}
     for key, path in matched.items():
@@ -100,6 +98,11 @@ def apply(
                 key + ".lokr_w1",
             )
         shapes[path] = shape
+    if unmatched:
+        message = f"{len(unmatched)} of {len(wanted)} {network} modules have no match in the model, e.g. {unmatched[:3]}"
+        if strict:
+            raise KronAFileError(file.path, message)
+        warnings.warn(f"{file.path}: {message}", stacklevel=2)
     handle = attach(model, shapes=shapes, network=network, base=base or file.base_model or detected_base)
     for key, path in matched.items():
         handle.adapter(path).load_factors(*wanted[key])

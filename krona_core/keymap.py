@@ -97,8 +97,8 @@ def detect_naming(paths: Iterable[str]) -> str:
         return "diffusers"
     if re.search(r"(^|\.)input_blocks\.\d+\.", joined, re.M):
         return "ldm"
-    if re.search(r"(^|\.)text_model\.encoder\.layers\.\d+\.", joined, re.M):
-        return "hf_clip"
+    if re.search(r"(^|\.)(text_model\.)?encoder\.layers\.\d+\.(self_attn|mlp)", joined, re.M):
+        return "hf_clip"  # transformers ≥ 5 drops the text_model. root of CLIPTextModel
     if re.search(r"(^|\.)transformer\.resblocks\.\d+\.", joined, re.M):
         return "open_clip"
     raise KeyMapError("could not tell the naming family (diffusers, ldm, Hugging Face CLIP, OpenCLIP) of these names")

@@ -92,7 +92,8 @@ def divisors(n: int) -> list[int]:
 
 
 def nearest_divisor(n: int, target: int) -> int:
-    """The divisor of n closest to target on a log scale; ties go to the smaller divisor.
+    """The divisor of n closest to target on a log scale (an exact tie is impossible: it would
+    need d·d' = target² with d, d' | n, and then target itself divides n).
 
     The log scale makes "twice too big" and "half too small" equally far, which matches how
     a factor size changes the parameter count (multiplicatively). target itself is returned
@@ -102,7 +103,7 @@ def nearest_divisor(n: int, target: int) -> int:
         raise ValueError(f"factor size must be ≥ 1, got {target}")
     if n % target == 0:
         return target
-    return min(divisors(n), key=lambda d: (abs(math.log(d / target)), d))
+    return min(divisors(n), key=lambda d: abs(math.log(d / target)))
 
 
 def choose_shape(weight_shape: Sequence[int], a1: int = 64, a2: int = 8) -> KronShape:
@@ -118,39 +119,44 @@ def choose_shape(weight_shape: Sequence[int], a1: int = 64, a2: int = 8) -> Kron
     return KronShape(fa1, fa2, out_features // fa1, in_features // fa2, tuple(kernel))
 
 
-def captured_energy_fraction(rows: int, cols: int) -> float:
-    """Expected share of a random matrix's energy kept by its best rank-1 approximation.
+def lycoris_shape(weight_shape: Sequence[int], factor: int = 8) -> KronShape:
+    """A factorisation LyCORIS's own file loader can rebuild: a square w1 of f × f.
 
-    For an m×n matrix with i.i.d. entries E[σ1²] ≈ (√m + √n)², against E‖R‖² = m·n. Used as
-    the default, data-free capacity model of a factorisation (the rearranged R of
-    Van Loan–Pitsianis has a1·a2 rows and b1·b2·k² columns).
+    LyCORIS (and kohya sd-scripts through it) re-derives factor shapes from one integer
+    `factor` when it loads a LoKr file, putting the smaller side of each dimension in w1, so it
+    only accepts a family of shapes; ComfyUI, A1111 and Forge apply kron(w1, w2) of any shape.
+    Here f is the divisor of gcd(out, in) nearest to `factor` with f² ≤ min(out, in).
     """
-    return min(1.0, (math.sqrt(rows) + math.sqrt(cols)) ** 2 / (rows * cols))
+    out_features, in_features, *kernel = (int(v) for v in weight_shape)
+    common = math.gcd(out_features, in_features)
+    allowed = [d for d in divisors(common) if d * d <= min(out_features, in_features)]
+    f = min(allowed, key=lambda d: abs(math.log(d / factor)))
+    return KronShape(f, f, out_features // f, in_features // f, tuple(kernel))
 
 
-def _default_cost(shape: KronShape) -> float:
-    rows = shape.a1 * shape.a2
-    cols = shape.b1 * shape.b2 * shape.kernel_numel
-    # expected squared error, in units of the layer's element count (bigger layers weigh more)
-    return rows * cols * (1.0 - captured_energy_fraction(rows, cols))
+def lycoris_loadable(shape: KronShape) -> bool:
+    """Whether LyCORIS's loader rebuilds these exact factor shapes (see `lycoris_shape`)."""
+    return shape.a1 == shape.a2 and shape.a1 <= shape.b1 and shape.a1 <= shape.b2
 
 
 def candidate_shapes(weight_shape: Sequence[int], a1: int = 64, a2: int = 8) -> list[KronShape]:
-    """One factorisation per achievable product a1·a2, the one closest to the a1:a2 aspect.
+    """One factorisation per achievable parameter count, ascending.
 
-    The parameter count a1·a2 + out·in·k²/(a1·a2) depends only on the product a1·a2, so the
-    product is what a budget trades; the split keeps the aspect of the requested (a1, a2)
-    (the paper's 64:8 makes the first factor tall).
+    The count a1·a2 + out·in·k²/(a1·a2) depends only on the product P = a1·a2, and P and
+    out·in·k²/P give the same count; among equal counts the product closest to the requested
+    a1·a2 wins, then the split closest to the requested a1:a2 aspect (the paper's 64:8 makes
+    the first factor tall).
     """
     out_features, in_features, *kernel = (int(v) for v in weight_shape)
     aspect = math.log(a1 / a2)
-    best: dict[int, tuple[float, KronShape]] = {}
+    wanted = math.log(a1 * a2)
+    best: dict[int, tuple[tuple[float, float], KronShape]] = {}
     for d1 in divisors(out_features):
         for d2 in divisors(in_features):
-            score = abs(math.log(d1 / d2) - aspect)
-            product = d1 * d2
-            if product not in best or score < best[product][0]:
-                best[product] = (score, KronShape(d1, d2, out_features // d1, in_features // d2, tuple(kernel)))
+            shape = KronShape(d1, d2, out_features // d1, in_features // d2, tuple(kernel))
+            score = (abs(math.log(d1 * d2) - wanted), abs(math.log(d1 / d2) - aspect))
+            if shape.params not in best or score < best[shape.params][0]:
+                best[shape.params] = (score, shape)
     return [best[p][1] for p in sorted(best)]
 
 
@@ -182,21 +188,28 @@ def plan_budget(
     """Per-layer factor shapes whose total parameter count is at most `budget`.
 
     Multiple-choice knapsack solved by its Lagrangian relaxation: each layer starts at its
-    cheapest factorisation and upgrades are taken in order of cost reduction per added
-    parameter, across all layers, until the next one would exceed the budget. Consequences:
-    the total never exceeds the budget, and every layer's choice (hence its cost) is
-    monotone in the budget — a larger budget never makes any layer worse.
+    cheapest factorisation and upgrades (along the lower convex hull of its (params, cost)
+    candidates) are taken in order of cost reduction per added parameter, across all layers,
+    until the next one would exceed the budget. Consequences: the total never exceeds the
+    budget, and every layer's choice (hence its cost) is monotone in the budget — a larger
+    budget never makes any layer worse.
 
-    cost(name, shape) scores a candidate (lower is better). The default is the expected
-    squared error of fitting a random ΔW (data-free); converters pass the actual
-    nearest-Kronecker error of the matrix they compress.
+    cost(name, shape) scores a candidate (lower is better). The default, −w·log(params) with w
+    the layer's parameter count under the (a1, a2) rule, gives each layer a share of the budget
+    proportional to what the (a1, a2) rule would give it: the budget scales the paper's
+    allocation. Converters pass the actual nearest-Kronecker error of the matrix they compress.
     """
     if not layers:
         return {}
-    score = cost or (lambda _name, shape: _default_cost(shape))
+    if cost is None:
+        weights = {name: choose_shape(shape, a1, a2).params for name, shape in layers.items()}
+
+        def cost(name: str, shape: KronShape) -> float:
+            return -weights[name] * math.log(shape.params)
+
     hulls: dict[str, list[tuple[int, float, KronShape]]] = {}
     for name, weight_shape in layers.items():
-        points = [(s.params, float(score(name, s)), s) for s in candidate_shapes(weight_shape, a1, a2)]
+        points = [(s.params, float(cost(name, s)), s) for s in candidate_shapes(weight_shape, a1, a2)]
         hulls[name] = _lower_hull(points)
 
     chosen = {name: 0 for name in hulls}

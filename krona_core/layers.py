@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+import weakref
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import keymap
-from .kron import KronShape, choose_order, choose_shape, kron_conv2d, kron_linear, materialise, plan_budget
+from .kron import KronShape, choose_order, choose_shape, kron_conv2d, kron_linear, lycoris_shape, materialise, plan_budget
 from .targets import select
 
 
@@ -85,6 +86,19 @@ class KronAAdapter(nn.Module):
             self.w2.copy_(w2)
 
 
+# id(weight tensor) -> {id(handle): the tensor's version right after that handle's merge}
+# (keyed by id: tensors compare elementwise, so they cannot be WeakKeyDictionary keys)
+_MERGED_VERSIONS: dict[int, dict[int, int]] = {}
+
+
+def _merged_versions(weight: torch.Tensor) -> dict[int, int]:
+    key = id(weight)
+    if key not in _MERGED_VERSIONS:
+        _MERGED_VERSIONS[key] = {}
+        weakref.finalize(weight, _MERGED_VERSIONS.pop, key, None)
+    return _MERGED_VERSIONS[key]
+
+
 def _module_key(path: str) -> str:
     # ModuleDict keys may not contain "."; "/" keeps the path readable and reversible
     return path.replace(".", "/")
@@ -105,7 +119,7 @@ class KronANetwork(nn.Module):
         self._model_ref = [model]  # a list keeps the model out of this module's children
         self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._bases: dict[str, nn.Module] = {}
-        self._backups: dict[str, tuple[torch.Tensor, int]] = {}
+        self._backups: dict[str, tuple[torch.Tensor, int]] = {}  # path -> (weight before merge, its version)
         self._removed = False
         self.targets: list[str] = []
         self.rule: dict = {}
@@ -182,20 +196,29 @@ class KronANetwork(nn.Module):
     @torch.no_grad()
     def _merge_one(self, path: str, adapter: KronAAdapter, backup: bool) -> None:
         weight = self._bases[path].weight
-        if backup:
-            self._backups[path] = (weight.detach().clone(), -1)
+        version_before = weight._version
+        saved = weight.detach().clone() if backup else None
         delta = adapter.delta_weight().to(device=weight.device, dtype=torch.float32) * adapter.strength
         weight.copy_((weight.float() + delta).to(weight.dtype))
-        if backup:
-            self._backups[path] = (self._backups[path][0], weight._version)
+        if saved is not None:
+            self._backups[path] = (saved, version_before)
+            _merged_versions(weight)[id(self)] = weight._version
         adapter.merged = True
 
     @torch.no_grad()
     def _unmerge_one(self, path: str, adapter: KronAAdapter) -> None:
         weight = self._bases[path].weight
         saved = self._backups.pop(path, None)
-        if saved is not None and saved[1] == weight._version:
-            weight.copy_(saved[0])  # untouched since our merge: restore bit-identical
+        versions = _merged_versions(weight)
+        expected = versions.pop(id(self), None)
+        if saved is not None and expected == weight._version:
+            # untouched since our merge (tensor version counter unchanged): restore bit-identical
+            weight.copy_(saved[0])
+            # the weight is back to its state before our merge; a handle that merged just before
+            # us expects that state under its old version number, now under the new one
+            for key, version in versions.items():
+                if version == saved[1]:
+                    versions[key] = weight._version
         else:
             delta = adapter.delta_weight().to(device=weight.device, dtype=torch.float32) * adapter.strength
             weight.copy_((weight.float() - delta).to(weight.dtype))
@@ -267,14 +290,22 @@ def module_kohya_key(network: str | None, base: str | None, path: str, unet_map:
 
 
 def normalize_path(network: str, path: str) -> str:
-    """Strip host wrappers: `diffusion_model.` (ComfyUI), `clip_l.transformer.` and similar."""
+    """A module path in the style kohya names derive from.
+
+    Strips host wrappers (`diffusion_model.` in ComfyUI, `clip_l.transformer.` and similar) and
+    restores the `text_model.` root that transformers ≥ 5 no longer has in CLIPTextModel.
+    """
     if network == "unet":
         for prefix in ("model.diffusion_model.", "diffusion_model."):
             if path.startswith(prefix):
                 return path[len(prefix):]
         return path
     index = path.find("text_model.")
-    return path[index:] if index > 0 else path
+    if index >= 0:
+        return path[index:]
+    if path == "text_projection" or path.endswith(".text_projection"):
+        return "text_projection"
+    return "text_model." + path
 
 
 def detect_network(model: nn.Module) -> tuple[str | None, str | None]:
@@ -308,6 +339,7 @@ def attach(
     dtype: torch.dtype | None = None,
     seed: int | None = None,
     strength: float = 1.0,
+    lycoris_compatible: bool = False,
 ) -> KronANetwork:
     """Add trainable KronA adapters to the matching Linear/Conv2d modules of `model`.
 
@@ -315,7 +347,8 @@ def attach(
     total parameter `budget` (`kron.plan_budget`), or explicitly per module path (`shapes`,
     which also fixes the module set). `network`/`base` name the adapters in saved files
     (detected from the model when omitted). Factors follow each base layer's device and dtype
-    unless `dtype` is given.
+    unless `dtype` is given. lycoris_compatible picks square w1 factors of about a1 × a1 that
+    LyCORIS's own loader can read back (`kron.lycoris_shape`); every host UI reads any shape.
     """
     detected_network, detected_base = detect_network(model)
     network = network or detected_network
@@ -335,6 +368,8 @@ def attach(
         plan = dict(shapes)
     elif budget is not None:
         plan = plan_budget(weight_shapes, budget, a1, a2)
+    elif lycoris_compatible:
+        plan = {p: lycoris_shape(s, a1) for p, s in weight_shapes.items()}
     else:
         plan = {p: choose_shape(s, a1, a2) for p, s in weight_shapes.items()}
     for p, s in weight_shapes.items():
@@ -347,6 +382,8 @@ def attach(
         handle.rule = {"mode": "explicit"}
     elif budget is not None:
         handle.rule = {"mode": "budget", "budget": int(budget), "a1": a1, "a2": a2}
+    elif lycoris_compatible:
+        handle.rule = {"mode": "lycoris", "factor": a1}
     else:
         handle.rule = {"mode": "factors", "a1": a1, "a2": a2}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

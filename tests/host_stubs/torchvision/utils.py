@@ -1,0 +1,5 @@
+"""torchvision.utils stand-in."""
+
+from ._stub import install_module_getattr
+
+install_module_getattr(__name__)

@@ -1,0 +1,184 @@
+"""Key maps on the complete real-size key lists (real configs built on the meta device), checked
+against diffusers' own single-file converters as the independent path."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_text_encoder, make_unet
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_open_clip_checkpoint,
+)
+
+from krona_core import keymap
+from krona_core.configs import build_text_encoder, build_unet
+from krona_core.apply import kohya_names
+from krona_core.layers import normalize_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
+def real_unet(request):
+    return request.param, build_unet(request.param)
+
+
+def hf_keys(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict in the canonical Hugging Face layout (text_model. root, as in HF checkpoints)."""
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v for k, v in model.state_dict().items()}
+
+
+def test_unet_map_equals_diffusers_converter(real_unet):
+    base, unet = real_unet
+    state = unet.state_dict()
+    kmap = keymap.UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
+    checkpoint = {keymap.checkpoint_slot(base, "unet", k, kmap).key: v for k, v in state.items()}
+    assert all(k.startswith("model.diffusion_model.") for k in checkpoint)
+    assert len(checkpoint) == len(state)  # injective
+    converted = convert_ldm_unet_checkpoint(checkpoint, dict(unet.config))
+    assert converted.keys() == state.keys()
+    # the converter moves tensors without copying: identity proves every single key maps right
+    assert all(converted[k] is v for k, v in state.items())
+    # the reverse map, built from the ldm names alone, finds the same layout and inverts exactly
+    reverse = keymap.UNetKeyMap.from_names(checkpoint)
+    assert reverse.layout == kmap.layout
+    for key in state:
+        assert reverse.to_diffusers(kmap.to_ldm(key)) == key
+        assert keymap.comfy_key(base, "unet", key, kmap) == "diffusion_model." + kmap.to_ldm(key)
+
+
+def test_kohya_names_per_base(real_unet):
+    base, unet = real_unet
+    kmap = keymap.UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
+    paths = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and re.search(r"attn2\.to_k$", n)]
+    table = kohya_names(unet, "unet")
+    for path in paths:
+        name = keymap.kohya_module_key(base, "unet", path, kmap)
+        if base == "sdxl":  # kohya sd-scripts writes SGM/ldm names for SDXL
+            assert name == "lora_unet_" + kmap.to_ldm(path).replace(".", "_")
+            assert name.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
+        else:
+            assert name == "lora_unet_" + path.replace(".", "_")
+        # readers accept either style: the model's name table resolves both aliases to the module
+        aliases = keymap.kohya_unet_aliases(path, kmap)
+        assert name in aliases and len(aliases) == 2
+        assert all(table[alias] == path for alias in aliases)
+    assert keymap.detect_base({p: tuple(unet.get_submodule(p).weight.shape) for p in paths}) == base
+
+
+def test_real_sdxl_known_names():
+    """Spot checks against names seen in real SDXL files (kohya / ComfyUI)."""
+    unet = build_unet("sdxl")
+    kmap = keymap.UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
+    assert kmap.to_ldm("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") == "input_blocks.4.1.transformer_blocks.0.attn1.to_q"
+    assert kmap.to_ldm("mid_block.attentions.0.transformer_blocks.9.attn2.to_out.0") == "middle_block.1.transformer_blocks.9.attn2.to_out.0"
+    assert kmap.to_ldm("up_blocks.0.attentions.2.proj_out") == "output_blocks.2.1.proj_out"
+    assert kmap.to_ldm("up_blocks.0.upsamplers.0.conv") == "output_blocks.2.2.conv"
+    assert kmap.to_ldm("up_blocks.2.resnets.2.conv_shortcut") == "output_blocks.8.0.skip_connection"
+    assert kmap.to_ldm("add_embedding.linear_2") == "label_emb.0.2"
+    assert kmap.to_ldm("down_blocks.2.resnets.0.time_emb_proj") == "input_blocks.7.0.emb_layers.1"
+
+
+@pytest.mark.parametrize("base,network", [("sd1", "te"), ("sdxl", "te1")])
+def test_hf_clip_checkpoint_names(base, network):
+    te = build_text_encoder(base, network)
+    state = hf_keys(te)
+    checkpoint = {keymap.checkpoint_slot(base, network, k).key: v for k, v in state.items()}
+    prefix = keymap.CHECKPOINT_PREFIX[(base, network)]
+    converted = convert_ldm_clip_checkpoint(checkpoint, remove_prefix=prefix)
+    assert converted.keys() == state.keys()
+    assert all(converted[k] is v for k, v in state.items())
+    comfy = {keymap.comfy_key(base, network, k) for k in state}
+    expected_prefix = "clip_l.transformer.text_model." if network in ("te", "te1") else ""
+    assert all(k.startswith(expected_prefix) for k in comfy if "text_model" in k)
+
+
+@pytest.mark.parametrize("base,network", [("sd2", "te"), ("sdxl", "te2")])
+def test_open_clip_checkpoint_names(base, network):
+    te = build_text_encoder(base, network)
+    state = hf_keys(te)
+    prefix = keymap.CHECKPOINT_PREFIX[(base, network)]
+    checkpoint: dict[str, torch.Tensor] = {}
+    fused: dict[str, list] = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        slot = keymap.checkpoint_slot(base, network, key)
+        if slot.rows is not None:
+            fused.setdefault(slot.key, [None, None, None])[slot.rows[0]] = value
+        else:
+            checkpoint[slot.key] = value.T if slot.transposed else value
+    for key, parts in fused.items():
+        checkpoint[key] = torch.cat(parts, dim=0)
+    hidden = te.config.hidden_size
+    converted = convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=hidden)), checkpoint, prefix=prefix)
+    expected = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    if network == "te":  # diffusers' SD2 encoder has no projection; the map covers what exists
+        expected.pop("text_projection.weight", None)
+    assert converted.keys() >= expected.keys()
+    for key, value in expected.items():
+        assert tuple(converted[key].shape) == tuple(value.shape), key
+    # the reverse map names every OpenCLIP key it can
+    for key in checkpoint:
+        stripped = key[len(prefix):]
+        if stripped.startswith("transformer.resblocks"):
+            assert set(keymap.open_clip_to_hf(stripped)) <= set(state)
+
+
+def test_open_clip_row_slices_move_real_values():
+    """Small real tensors: q/k/v land in the right rows, text_projection transposed."""
+    te = make_text_encoder(width=16, projection=True)
+    state = hf_keys(te)
+    checkpoint: dict[str, torch.Tensor] = {}
+    fused: dict[str, list] = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        slot = keymap.checkpoint_slot("sdxl", "te2", key)
+        if slot.rows is not None:
+            fused.setdefault(slot.key, [None, None, None])[slot.rows[0]] = value
+        else:
+            checkpoint[slot.key] = value.T if slot.transposed else value
+    for key, parts in fused.items():
+        checkpoint[key] = torch.cat(parts, dim=0)
+    converted = convert_open_clip_checkpoint(te, checkpoint, prefix="conditioner.embedders.1.model.")
+    for key, value in state.items():
+        if key in converted:
+            assert torch.equal(converted[key], value), key
+    assert "text_model.encoder.layers.0.self_attn.q_proj.weight" in converted
+
+
+def test_tiny_unet_layouts_round_trip(base):
+    """Reduced UNets (fewer levels, one resnet per level) place blocks by their own layout."""
+    unet = make_unet(base)
+    kmap = keymap.UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
+    state = unet.state_dict()
+    ldm = {kmap.to_ldm(k): k for k in state}
+    assert len(ldm) == len(state)
+    reverse = keymap.UNetKeyMap.from_names(ldm)
+    assert reverse.layout == kmap.layout
+    assert all(reverse.to_diffusers(k) == v for k, v in ldm.items())
+
+
+def test_naming_detection_and_errors():
+    assert keymap.detect_naming(["down_blocks.0.resnets.0.conv1"]) == "diffusers"
+    assert keymap.detect_naming(["input_blocks.1.0.in_layers.2"]) == "ldm"
+    assert keymap.detect_naming(["text_model.encoder.layers.0.self_attn.q_proj"]) == "hf_clip"
+    assert keymap.detect_naming(["encoder.layers.3.mlp.fc1"]) == "hf_clip"
+    assert keymap.detect_naming(["transformer.resblocks.0.attn.in_proj_weight"]) == "open_clip"
+    with pytest.raises(keymap.KeyMapError):
+        keymap.detect_naming(["foo.bar"])
+    with pytest.raises(keymap.KeyMapError, match="no text encoder"):
+        keymap.comfy_key("sd1", "te2", "text_model.encoder.layers.0.self_attn.q_proj.weight")
+    kmap = keymap.UNetKeyMap.from_names(n for n, _ in make_unet("sd1").named_modules() if n)
+    with pytest.raises(keymap.KeyMapError, match="not a diffusers UNet name"):
+        kmap.to_ldm("down_blocks.7.resnets.0.conv1")
+    assert keymap.split_kohya_key("lora_te2_text_model_encoder_layers_0_mlp_fc1") == ("te2", "text_model_encoder_layers_0_mlp_fc1")
+    assert normalize_path("te", "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1") == "text_model.encoder.layers.0.mlp.fc1"
+    assert normalize_path("te", "encoder.layers.0.mlp.fc1") == "text_model.encoder.layers.0.mlp.fc1"
+    assert normalize_path("unet", "diffusion_model.input_blocks.1.1.proj_in") == "input_blocks.1.1.proj_in"
