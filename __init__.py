@@ -1,10 +1,16 @@
 """ComfyUI-KronA — ComfyUI entry point.
 
-ComfyUI imports this package from custom_nodes/. It must stay importable without ComfyUI (the
-tests and the A1111/Forge extension import the folder too) and must not import anything heavy:
-node classes are registered here, the math lives in krona_core and loads on first use.
+ComfyUI imports this package from custom_nodes/ and calls `comfy_entrypoint` (the V3 node API).
+Importing it needs nothing but the standard library, so tests and the A1111/Forge extension can
+import the folder too; the node classes (and torch) load only when ComfyUI asks for them.
 """
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+async def comfy_entrypoint():
+    from .nodes import KronAExtension, folders
+
+    folders.register()  # before the node schemas list the files of the krona folder
+    return KronAExtension()
+
+
+__all__ = ["comfy_entrypoint"]

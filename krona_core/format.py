@@ -479,3 +479,42 @@ def save(
         **extra,
     )
     return write(path, modules, metadata, dtype=dtype, overwrite=overwrite)
+
+
+def write_file(
+    path: str | os.PathLike,
+    file: KronAFile,
+    *,
+    trigger_words: Sequence[str] | None = None,
+    title: str | None = None,
+    extra: Mapping[str, str] | None = None,
+    dtype: torch.dtype = torch.float16,
+    overwrite: bool = False,
+) -> str:
+    """Write an in-memory KronAFile (loaded, trained or converted), refreshing its metadata.
+
+    Keeps what the file already records (base model, factor rule, targets, training record,
+    provenance, foreign keys such as user notes) and replaces title, trigger words and hashes.
+    """
+    path = os.fspath(path)
+    old = dict(file.metadata)
+    factors = json.loads(old.get("krona.factors", "{}") or "{}")
+    targets = json.loads(old["krona.targets"]) if "krona.targets" in old else None
+    title = title or os.path.basename(path).removesuffix(SUFFIX).removesuffix(".safetensors")
+    words = list(trigger_words) if trigger_words is not None else file.trigger_words
+    rebuilt = build_metadata(
+        file.modules,
+        base_model=file.base_model,
+        title=title,
+        trigger_words=words,
+        targets=targets,
+        factor_rule=factors.get("rule") if isinstance(factors, dict) else None,
+        training=file.training,
+        provenance=json.loads(old["krona.provenance"]) if "krona.provenance" in old else None,
+        author=old.get("modelspec.author"),
+        description=old.get("modelspec.description"),
+    )
+    regenerated = {"sshs_model_hash", "sshs_legacy_hash", "ss_tag_frequency", "modelspec.trigger_phrase"}
+    kept = {k: v for k, v in old.items() if k not in rebuilt and k not in regenerated}
+    metadata = {**kept, **rebuilt, **dict(extra or {})}
+    return write(path, file.modules, metadata, dtype=dtype, overwrite=overwrite)

@@ -492,3 +492,46 @@ def kohya_unet_aliases(module_path: str, unet_map: UNetKeyMap) -> set[str]:
     elif style == "ldm":
         names.add(kohya_key("unet", unet_map.to_diffusers(path)))
     return names
+
+
+# --------------------------------------------------------------------------- single-file checkpoints
+
+
+def checkpoint_modules(shapes: Mapping[str, Sequence[int]], base: str) -> dict[str, tuple[WeightSlot, tuple[int, ...]]]:
+    """{kohya module name: (where its weight lives, the weight's shape)} for a single-file checkpoint.
+
+    shapes: the checkpoint's keys → tensor shapes (read from the header; no tensors needed).
+    Covers every 2-D (linear) and 4-D (conv) `.weight` of the UNet and text encoders; a fused
+    OpenCLIP in_proj yields q, k and v entries with their row slots.
+    """
+    _check(base, "unet")
+    out: dict[str, tuple[WeightSlot, tuple[int, ...]]] = {}
+    unet_prefix = CHECKPOINT_PREFIX[(base, "unet")]
+    unet_keys = [k[len(unet_prefix):] for k in shapes if k.startswith(unet_prefix)]
+    if not unet_keys:
+        raise KeyMapError(f"no {unet_prefix}* keys: not a single-file {base} checkpoint")
+    unet_map = UNetKeyMap.from_names(unet_keys)
+    for key in unet_keys:
+        shape = tuple(int(d) for d in shapes[unet_prefix + key])
+        if key.endswith(".weight") and len(shape) in (2, 4):
+            name = kohya_module_key(base, "unet", key[: -len(".weight")], unet_map)
+            out[name] = (WeightSlot(unet_prefix + key), shape)
+    for network in TEXT_ENCODERS[base]:
+        prefix = CHECKPOINT_PREFIX[(base, network)]
+        for full, raw_shape in shapes.items():
+            if not full.startswith(prefix):
+                continue
+            key = full[len(prefix):]
+            shape = tuple(int(d) for d in raw_shape)
+            if (base, network) in OPEN_CLIP_ENCODERS:
+                if not key.startswith("transformer.resblocks.") or not (key.endswith(".weight") or key.endswith("in_proj_weight")):
+                    continue
+                if len(shape) != 2:
+                    continue
+                for hf in open_clip_to_hf(key):
+                    slot = hf_clip_to_open_clip(hf)
+                    rows = shape[0] // 3 if slot.rows else shape[0]
+                    out[kohya_key(network, hf[: -len(".weight")])] = (WeightSlot(full, slot.rows, slot.transposed), (rows, shape[1]))
+            elif key.endswith(".weight") and len(shape) == 2 and ".encoder.layers." in key:
+                out[kohya_key(network, key[: -len(".weight")])] = (WeightSlot(full), shape)
+    return out

@@ -1,0 +1,17 @@
+"""ComfyUI nodes of ComfyUI-KronA (imported only inside ComfyUI; math lives in krona_core)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import folders  # noqa: F401  (re-exported for the entry point)
+from .apply import ApplyKronA
+from .load_info import KronAInfo, LoadKronA
+from .save import SaveKronA
+
+NODES: list[type[io.ComfyNode]] = [ApplyKronA, LoadKronA, KronAInfo, SaveKronA]
+
+
+class KronAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,243 @@
+"""KronA files → ComfyUI patches, through ComfyUI's own machinery only.
+
+Merge mode: a `KronAWeightAdapter` per weight, handed to `ModelPatcher.add_patches` like any
+LoRA/LoKr patch, so it stacks with LoRAs, follows offloading/low-VRAM casting and disappears
+with the patcher clone. Bypass mode: a `PatcherInjection` that registers forward hooks adding
+strength · kron(w1, w2) x with the efficient Kronecker matmul while the model is loaded, and
+removes them when ComfyUI ejects the model.
+
+Names are resolved with ComfyUI's own LoRA key maps (`comfy.lora.model_lora_keys_unet/clip`),
+so every architecture ComfyUI maps works. Every shape is checked before the patcher is cloned:
+a file that does not fit raises and leaves the graph's model untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import comfy.lora
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy.patcher_extension import PatcherInjection
+from comfy.weight_adapter.base import WeightAdapterBase
+
+from ..krona_core.blocks import BlockStrengths
+from ..krona_core.format import KronAFile
+from ..krona_core.kron import KronShape, kron_conv2d, kron_linear, materialise
+
+log = logging.getLogger("ComfyUI-KronA")
+
+# ComfyUI model_config class → the base names written in krona.base_model
+COMFY_BASES = {
+    "SD15": "sd1", "SD15_instructpix2pix": "sd1",
+    "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SD20_instructpix2pix": "sd2",
+    "SDXL": "sdxl", "SDXL_instructpix2pix": "sdxl", "SDXLRefiner": "sdxl-refiner", "SSD1B": "sdxl",
+    "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl", "KOALA_1B": "sdxl",
+}
+_injection_ids = itertools.count()
+
+
+class KronAApplyError(ValueError):
+    """A file that cannot be applied to the connected model (shown as the node's error)."""
+
+
+def model_type(patcher) -> str:
+    """ComfyUI's name of a ModelPatcher's model family (e.g. SD15, SDXL)."""
+    config = getattr(getattr(patcher, "model", None), "model_config", None)
+    return type(config).__name__ if config is not None else type(getattr(patcher, "model", patcher)).__name__
+
+
+def model_base(patcher) -> str | None:
+    return COMFY_BASES.get(model_type(patcher))
+
+
+class KronAWeightAdapter(WeightAdapterBase):
+    """W ← W + function(strength · kron(w1, w2)) for one weight (ComfyUI merge-mode patch)."""
+
+    name = "krona"
+
+    def __init__(self, loaded_keys: set[str], w1: torch.Tensor, w2: torch.Tensor):
+        self.loaded_keys = loaded_keys
+        self.weights = [w1, w2]
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        w1 = comfy.model_management.cast_to_device(self.weights[0], weight.device, intermediate_dtype)
+        w2 = comfy.model_management.cast_to_device(self.weights[1], weight.device, intermediate_dtype)
+        delta = materialise(w1, w2).reshape(weight.shape)
+        weight += function((strength * delta).type(weight.dtype))
+        return weight
+
+
+@dataclass
+class Target:
+    """One file module resolved to a weight of the host model."""
+
+    file_key: str  # kohya module name in the file
+    weight_key: str  # key in the patcher's model state dict
+    offset: tuple[int, int, int] | None  # (dim, start, size) for fused weights
+    w1: torch.Tensor
+    w2: torch.Tensor
+
+
+@dataclass
+class Resolution:
+    targets: list[Target] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def _weight(module: torch.nn.Module, key: str) -> torch.Tensor:
+    return comfy.utils.get_attr(module, key)
+
+
+def resolve(file: KronAFile, patcher, key_map: dict, prefixes: tuple[str, ...], what: str) -> Resolution:
+    """Map the file's modules with these kohya prefixes onto `patcher`'s weights; check shapes."""
+    result = Resolution()
+    model = patcher.model
+    for name in sorted(file.modules):
+        if not name.startswith(prefixes):
+            continue
+        target = key_map.get(name)
+        if target is None:
+            result.unmatched.append(name)
+            continue
+        weight_key, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
+        w1, w2 = file.modules[name]
+        shape = list(_weight(model, weight_key).shape)
+        if offset is not None:
+            shape[offset[0]] = offset[2]
+        produced = list(KronShape.from_factors(w1.shape, w2.shape).weight_shape)
+        if produced != shape and not (len(produced) == 2 and len(shape) == 4 and shape[2:] == [1, 1] and produced == shape[:2]):
+            raise KronAApplyError(
+                f"{file.path}: {name}: factors {list(w1.shape)} ⊗ {list(w2.shape)} give a {produced} weight, but "
+                f"{what} weight {weight_key} is {shape}. The file is for {file.base_model or 'another model'}, "
+                f"the connected model is {model_type(patcher)}."
+            )
+        result.targets.append(Target(name, weight_key, offset, w1, w2))
+    return result
+
+
+def unet_key_map(patcher) -> dict:
+    return comfy.lora.model_lora_keys_unet(patcher.model, {})
+
+
+def clip_key_map(clip) -> dict:
+    return comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+
+
+def add_merge_patches(patcher, resolution: Resolution, strength: float, blocks: BlockStrengths | None = None) -> int:
+    """Add one weight-adapter patch per target (grouped by per-block multiplier)."""
+    groups: dict[float, dict] = {}
+    for t in resolution.targets:
+        multiplier = blocks(t.weight_key) if blocks is not None else 1.0
+        key = (t.weight_key, t.offset) if t.offset is not None else t.weight_key
+        groups.setdefault(multiplier, {})[key] = KronAWeightAdapter({t.file_key + ".lokr_w1", t.file_key + ".lokr_w2"}, t.w1, t.w2)
+    added = 0
+    for multiplier, patches in groups.items():
+        added += len(patcher.add_patches(patches, strength * multiplier))
+    return added
+
+
+class _BypassHook:
+    """Forward hook adding strength · (x through kron(w1, w2)) to one module's output."""
+
+    def __init__(self, target: Target, strength: float):
+        self.target = target
+        self.strength = strength
+        self.handle = None
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (x.device, x.dtype)
+        if key not in self.cache:
+            self.cache = {key: (self.target.w1.to(x.device, x.dtype), self.target.w2.to(x.device, x.dtype))}
+        return self.cache[key]
+
+    def __call__(self, module, args, output):
+        x = args[0]
+        w1, w2 = self.factors(x)
+        if w2.dim() == 4 or isinstance(module, torch.nn.Conv2d):
+            if w2.dim() == 2:
+                w2 = w2[:, :, None, None]
+            delta = kron_conv2d(x, w1, w2, module.stride, module.padding, module.dilation)
+        else:
+            delta = kron_linear(x, w1, w2)
+        delta = delta * self.strength
+        if self.target.offset is None:
+            return output + delta.to(output.dtype)
+        _dim, start, size = self.target.offset
+        output = output.clone()
+        output[..., start:start + size] += delta.to(output.dtype)
+        return output
+
+
+def add_bypass_injection(patcher, resolution: Resolution, strength: float, blocks: BlockStrengths | None = None) -> str:
+    """Register forward hooks through a PatcherInjection (inject on load, eject on unload)."""
+    hooks = []
+    for t in resolution.targets:
+        if t.offset is not None and t.offset[0] != 0:
+            raise KronAApplyError(f"{t.file_key}: bypass mode cannot patch a slice along dim {t.offset[0]} of {t.weight_key}; use merge mode")
+        multiplier = blocks(t.weight_key) if blocks is not None else 1.0
+        hooks.append((t.weight_key.removesuffix(".weight"), _BypassHook(t, strength * multiplier)))
+
+    def inject(model_patcher) -> None:
+        for path, hook in hooks:
+            hook.handle = model_patcher.model.get_submodule(path).register_forward_hook(hook)
+
+    def eject(model_patcher) -> None:
+        for _path, hook in hooks:
+            if hook.handle is not None:
+                hook.handle.remove()
+                hook.handle = None
+            hook.cache = {}
+
+    key = f"krona_bypass_{next(_injection_ids)}"
+    patcher.set_injections(key, [PatcherInjection(inject=inject, eject=eject)])
+    return key
+
+
+def apply_to(model, clip, file: KronAFile, strength_model: float, strength_clip: float,
+             bypass: bool = False, blocks: BlockStrengths | None = None):
+    """Clone and patch (model, clip) with a KronA file; (new_model, new_clip, report lines)."""
+    report: list[str] = []
+    unet = resolve(file, model, unet_key_map(model), ("lora_unet_",), "UNet") if model is not None else None
+    te = resolve(file, clip.patcher, clip_key_map(clip), ("lora_te_", "lora_te1_", "lora_te2_"), "text-encoder") if clip is not None else None
+    has_unet = any(k.startswith("lora_unet_") for k in file.modules)
+    has_te = any(k.startswith("lora_te") for k in file.modules)
+    matched = (len(unet.targets) if unet else 0) + (len(te.targets) if te else 0)
+    if matched == 0:
+        kinds = model_type(model) if model is not None else "no model"
+        raise KronAApplyError(
+            f"{file.path}: none of its {len(file.modules)} modules match the connected model ({kinds}"
+            f"{', with CLIP' if clip is not None else ''}); the file is for {file.base_model or 'an unknown base model'}"
+        )
+    for part, label in ((unet, "UNet"), (te, "text encoder")):
+        if part and part.unmatched:
+            message = f"{file.name}: {len(part.unmatched)} {label} module(s) not found in the model, e.g. {part.unmatched[:3]}"
+            log.warning(message)
+            report.append("warning: " + message)
+    if has_te and clip is None:
+        report.append("note: the file adapts the text encoder too; connect CLIP to apply it")
+
+    new_model, new_clip = model, clip
+    if unet is not None and unet.targets:
+        new_model = model.clone()
+        if bypass:
+            add_bypass_injection(new_model, unet, strength_model, blocks)
+        else:
+            add_merge_patches(new_model, unet, strength_model, blocks)
+        report.append(f"UNet: {len(unet.targets)} modules ({'bypass' if bypass else 'merge'}, strength {strength_model:g}"
+                      + (f", blocks {blocks.describe()}" if blocks is not None and not blocks.is_uniform else "") + ")")
+    elif model is not None and has_unet:
+        report.append("UNet: no module matched")
+    if te is not None and te.targets:
+        new_clip = clip.clone()
+        if bypass:
+            add_bypass_injection(new_clip.patcher, te, strength_clip)
+        else:
+            add_merge_patches(new_clip.patcher, te, strength_clip)
+        report.append(f"text encoder: {len(te.targets)} modules (strength {strength_clip:g})")
+    return new_model, new_clip, report

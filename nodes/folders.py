@@ -1,0 +1,66 @@
+"""The `krona` model folder and the file lists the nodes offer."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import folder_paths
+
+FOLDER = "krona"
+SUFFIX = ".krona.safetensors"
+
+
+def register() -> None:
+    """Add models/krona as the default `krona` folder, keeping any user paths
+    (extra_model_paths.yaml is read before custom nodes load) and only .safetensors files."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    folder_paths.add_model_folder_path(FOLDER, default, is_default=True)
+    paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | {".safetensors"})
+    os.makedirs(default, exist_ok=True)
+
+
+def krona_files() -> list[str]:
+    """Files for Apply/Load KronA: everything in models/krona, plus *.krona.safetensors in loras."""
+    names = list(folder_paths.get_filename_list(FOLDER))
+    seen = set(names)
+    for name in folder_paths.get_filename_list("loras"):
+        if name.endswith(SUFFIX) and name not in seen:
+            names.append(name)
+    return sorted(names)
+
+
+def resolve(name: str) -> str:
+    """Full path of a listed file (models/krona wins over loras for equal names)."""
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None and name.endswith(SUFFIX):
+        path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
+    return path
+
+
+def save_path(prefix: str) -> str:
+    """models/krona/<prefix>_NNNNN.krona.safetensors with the next free counter.
+
+    The prefix may name subfolders but is confined to the krona folder: absolute paths,
+    drive letters and `..` are refused.
+    """
+    cleaned = prefix.strip().replace("\\", "/")
+    if not cleaned:
+        raise ValueError("filename prefix is empty")
+    if cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned) or any(part in ("..", "") for part in cleaned.split("/")):
+        raise ValueError(f"filename prefix {prefix!r} must be a relative name inside models/{FOLDER} (no '..', no absolute path)")
+    if cleaned.endswith(SUFFIX):
+        cleaned = cleaned[: -len(SUFFIX)]
+    root = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
+    directory = os.path.realpath(os.path.join(root, os.path.dirname(cleaned)))
+    if os.path.commonpath([root, directory]) != root:
+        raise ValueError(f"filename prefix {prefix!r} leaves models/{FOLDER}")
+    os.makedirs(directory, exist_ok=True)
+    stem = os.path.basename(cleaned)
+    pattern = re.compile(re.escape(stem) + r"_(\d{5})" + re.escape(SUFFIX) + "$")
+    used = [int(m.group(1)) for f in os.listdir(directory) if (m := pattern.match(f))]
+    counter = max(used, default=0) + 1
+    return os.path.join(directory, f"{stem}_{counter:05d}{SUFFIX}")
