@@ -37,6 +37,7 @@ TINY_VAE = dict(
     latent_channels=4,
     norm_num_groups=8,
     sample_size=32,
+    scaling_factor=5.0,  # brings the seeded VAE's latents of the sample images to about unit variance
 )
 
 

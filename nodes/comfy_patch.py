@@ -59,9 +59,11 @@ class KronAWeightAdapter(WeightAdapterBase):
 
     name = "krona"
 
-    def __init__(self, loaded_keys: set[str], w1: torch.Tensor, w2: torch.Tensor):
+    def __init__(self, loaded_keys: set[str], weights: tuple[torch.Tensor, torch.Tensor]):
+        # (loaded_keys, weights) is the constructor ComfyUI itself calls when it rebuilds
+        # adapters around prefetched weights (dynamic VRAM); do not read tensor values here
         self.loaded_keys = loaded_keys
-        self.weights = [w1, w2]
+        self.weights = weights
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
@@ -134,7 +136,7 @@ def add_merge_patches(patcher, resolution: Resolution, strength: float, blocks: 
     for t in resolution.targets:
         multiplier = blocks(t.weight_key) if blocks is not None else 1.0
         key = (t.weight_key, t.offset) if t.offset is not None else t.weight_key
-        groups.setdefault(multiplier, {})[key] = KronAWeightAdapter({t.file_key + ".lokr_w1", t.file_key + ".lokr_w2"}, t.w1, t.w2)
+        groups.setdefault(multiplier, {})[key] = KronAWeightAdapter({t.file_key + ".lokr_w1", t.file_key + ".lokr_w2"}, (t.w1, t.w2))
     added = 0
     for multiplier, patches in groups.items():
         added += len(patcher.add_patches(patches, strength * multiplier))
@@ -185,7 +187,8 @@ def add_bypass_injection(patcher, resolution: Resolution, strength: float, block
 
     def inject(model_patcher) -> None:
         for path, hook in hooks:
-            hook.handle = model_patcher.model.get_submodule(path).register_forward_hook(hook)
+            if hook.handle is None:  # clones share injections: never hook a module twice
+                hook.handle = model_patcher.model.get_submodule(path).register_forward_hook(hook)
 
     def eject(model_patcher) -> None:
         for _path, hook in hooks:
