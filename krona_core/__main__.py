@@ -56,6 +56,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cli_train import run_train
+
+    return run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m krona_core", description="KronA (Kronecker-product) adapters for diffusion models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
+    from .cli_train import add_train_arguments
+
+    train = sub.add_parser("train", help="DreamBooth-train a KronA adapter on a local base model (diffusers folder or single file)")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file")
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train_diffusers import BaseLoadError
+
     try:
         return args.func(args)
-    except KronAFileError as exc:
+    except (KronAFileError, BaseLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

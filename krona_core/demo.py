@@ -1,6 +1,6 @@
 """`python -m krona_core demo`: the whole loop on the embedded tiny default, no downloads.
 
-attach → train (progress bar with loss) → save .krona.safetensors → reload + validate →
+train (the real trainer, progress bar with loss) → save .krona.safetensors → reload + validate →
 apply to a fresh copy of the base → check efficient == merged == trained → parameter table on
 the real SD1.5 / SD2.1 / SDXL shapes.
 """
@@ -13,85 +13,61 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .apply import apply, load
 from .counts import format_table, unet_counts
-from .layers import attach
+from .evaluation import tiny_denoiser
+from .progress import ProgressPrinter, unique_path
 from .tiny import build_tiny_pipeline, sample_images
+from .train import TrainConfig, prepare_examples, train
 
-DEMO_A1, DEMO_A2 = 8, 4  # the tiny UNet is 32–64 wide; (64, 8) would fall back to full-size w1
+DEMO_A1, DEMO_A2 = 8, 4  # the tiny UNet is 32–64 wide; (64, 8) would fall back to a full-size w1
 TRIGGER = "sks"
 
 
-def unique_path(directory: Path, stem: str, suffix: str = ".krona.safetensors") -> Path:
-    """directory/stem_00001.suffix with the first free counter (files are never overwritten)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    counter = 1
-    while (directory / f"{stem}_{counter:05d}{suffix}").exists():
-        counter += 1
-    return directory / f"{stem}_{counter:05d}{suffix}"
-
-
-def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int = 120, seed: int = 0, lr: float = 3e-3) -> Path:
-    from tqdm import tqdm
-
+def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int = 60, seed: int = 0) -> Path:
     started = time.perf_counter()
-    torch.manual_seed(seed)
     pipe = build_tiny_pipeline(seed)
     base_unet = copy.deepcopy(pipe.unet)  # untouched reference for the reload check
-    images = sample_images(4, 32, seed)
-    latents = pipe.encode_images(images)
-    cond = pipe.encode_prompt([f"a photo of {TRIGGER} toy"] * len(images))
+    denoiser = tiny_denoiser(pipe)
+    images = [(img + 1) / 2 for img in sample_images(4, 32, seed)]
+    prompt = f"a photo of {TRIGGER} toy"
+    examples = prepare_examples(denoiser, images, [prompt] * len(images), resolution=32, bucket_step=16)
     print(f"tiny pipeline: UNet {sum(p.numel() for p in pipe.unet.parameters()):,} params, "
-          f"{len(images)} sample images → latents {tuple(latents.shape[1:])}")
+          f"{len(images)} sample images → latents {tuple(examples[0].latent.shape)}")
 
-    handle = attach(pipe.unet, a1=DEMO_A1, a2=DEMO_A2, targets="attn", seed=seed)
-    print(f"attached KronA ({DEMO_A1}, {DEMO_A2}) to {len(handle.paths())} attention layers: "
-          f"{handle.num_parameters():,} trainable parameters")
-    optimizer = torch.optim.AdamW(handle.parameters(), lr=lr, weight_decay=1e-2)
-    generator = torch.Generator().manual_seed(seed)
-    timesteps_total = pipe.scheduler.config.num_train_timesteps
-    losses = []
-    bar = tqdm(range(steps), desc="training KronA", unit="step", dynamic_ncols=True, mininterval=0.5)
-    for _ in bar:
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, timesteps_total, (len(latents),), generator=generator)
-        noisy = pipe.scheduler.add_noise(latents, noise, t)
-        pred = pipe.unet(noisy, t, cond).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        window = losses[-20:]
-        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
-    bar.close()
-    first = sum(losses[:20]) / min(20, len(losses))
-    last = sum(losses[-20:]) / min(20, len(losses))
-    print(f"loss (mean of 20 steps): first {first:.4f} → last {last:.4f}")
+    config = TrainConfig(steps=steps, a1=DEMO_A1, a2=DEMO_A2, seed=seed, lr=3e-3)
+    progress = ProgressPrinter(steps, "training KronA")
+    result = train(denoiser, examples, config, on_step=progress.update)
+    progress.close()
+    handle = result.handles[0]
+    print(f"KronA ({DEMO_A1}, {DEMO_A2}) on {len(handle.paths())} attention layers: {handle.num_parameters():,} "
+          f"trainable parameters; loss (mean of 10 steps) {sum(result.losses[:10]) / 10:.4f} → "
+          f"{sum(result.losses[-10:]) / 10:.4f}")
 
     path = unique_path(Path(out_dir), "krona-demo")
-    handle.save(path, trigger_words=[TRIGGER], training={"steps": steps, "lr": lr, "seed": seed, "optimizer": "AdamW", "batch": len(images)})
+    handle.save(path, trigger_words=[TRIGGER], training=result.record)
     print(f"saved {path} ({path.stat().st_size:,} bytes)")
 
     file = load(path)
-    probe_noise = torch.randn(latents.shape, generator=generator)
+    generator = torch.Generator().manual_seed(seed + 1)
+    latents = torch.stack([e.latent for e in examples])
     probe_t = torch.full((len(latents),), 500)
-    probe = pipe.scheduler.add_noise(latents, probe_noise, probe_t)
+    probe = denoiser.alphas_cumprod[500].sqrt() * latents + (1 - denoiser.alphas_cumprod[500]).sqrt() * torch.randn(latents.shape, generator=generator)
     with torch.no_grad():
-        trained = pipe.unet(probe, probe_t, cond).sample
+        cond = denoiser.encode_prompts([prompt] * len(latents), [e.size for e in examples])
+        trained = pipe.unet(probe, probe_t, cond["encoder_hidden_states"]).sample
         reloaded = apply(base_unet, file)
-        efficient = base_unet(probe, probe_t, cond).sample
+        efficient = base_unet(probe, probe_t, cond["encoder_hidden_states"]).sample
         reloaded.merge()
-        merged = base_unet(probe, probe_t, cond).sample
+        merged = base_unet(probe, probe_t, cond["encoder_hidden_states"]).sample
         reloaded.remove()
-        plain = base_unet(probe, probe_t, cond).sample
+        plain = base_unet(probe, probe_t, cond["encoder_hidden_states"]).sample
     scale = trained.abs().max().item()
     err_merge = (efficient - merged).abs().max().item() / scale
     err_file = (efficient - trained).abs().max().item() / scale
     effect = (trained - plain).abs().max().item() / scale
-    print(f"reloaded file: {len(file.modules)} modules, base {file.base_model}, trigger words {file.trigger_words}")
+    print(f"reloaded file: {len(file.modules)} modules, trigger words {file.trigger_words}")
     print(f"efficient vs merged forward: max rel. difference {err_merge:.2e}")
     print(f"reloaded (fp16 file) vs trained in memory: {err_file:.2e}; adapter effect vs base: {effect:.2e}")
     if err_merge > 1e-4 or err_file > 1e-2 or effect <= err_file:

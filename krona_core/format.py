@@ -177,7 +177,9 @@ def parse(data: bytes, path: str | os.PathLike | None = None) -> KronAFile:
 
 
 def _parse_header(data: bytes, path) -> tuple[dict, dict[str, str], int]:
-    if data[:1] == b"\x80" or data[:2] == b"PK":
+    # a safetensors header is JSON right after the 8-byte length; pickles start with 0x80 (the
+    # protocol opcode) and torch.save zips with "PK", but a header length may start with 0x80 too
+    if data[8:9] != b"{" and (data[:1] == b"\x80" or data[:2] == b"PK"):
         raise KronAFileError(path, "is a pickle/zip checkpoint (.ckpt/.pt); only safetensors files are read, never pickle")
     if len(data) < 8:
         raise KronAFileError(path, f"truncated: {len(data)} bytes, a safetensors file starts with an 8-byte header length")

@@ -463,6 +463,7 @@ def train(
     reduce_gradients: Callable[[Iterable[torch.Tensor]], None] | None = None,
     loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     adapters: Callable[[Denoiser, TrainConfig], list] | None = None,
+    rank: int = 0,
 ) -> TrainResult:
     """Train KronA adapters on `denoiser` and leave them attached (the handles are returned).
 
@@ -471,7 +472,8 @@ def train(
     set); reduce_gradients averages adapter gradients across processes (multi-GPU);
     loss_hook(step, loss) can replace the loss (used by tests to inject NaN); adapters(denoiser,
     config) replaces KronA by other trainable modules with `.network` (benchmarks train LoRA
-    through the same loop).
+    through the same loop). rank > 0 (multi-process) draws its own batches and noise; a resumed
+    multi-process run continues with fresh per-rank streams (exact resume is single-process).
     """
     config.validate()
     if not examples:
@@ -484,7 +486,7 @@ def train(
         groups.append({"params": params_te, "lr": config.text_encoder_lr or config.lr})
     optimizer = make_optimizer(groups, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 7919 * rank)
     sampler = _Sampler(examples, config.batch_size)
     class_sampler = _Sampler(class_examples, config.batch_size) if class_examples else None
     record = training_record(config, examples, class_examples)
@@ -492,6 +494,8 @@ def train(
     start = 0
     if resume_from:
         start, history = _restore(resume_from, handles, optimizer, generator, sampler, class_sampler)
+        if rank:
+            generator.manual_seed(config.seed + 7919 * rank + start)
     result = TrainResult(handles, history, record=record)
     cache: dict[int, Cond] = {}
     class_cache: dict[int, Cond] = {}
