@@ -438,21 +438,18 @@ def write(
     return path
 
 
-def save(
-    path: str | os.PathLike,
+def from_handles(
     handles: Iterable[Any],
     *,
+    title: str,
     trigger_words: Sequence[str] = (),
-    title: str | None = None,
     training: Mapping[str, Any] | None = None,
     targets: str | Sequence[str] | None = None,
     factor_rule: Mapping[str, Any] | None = None,
-    dtype: torch.dtype = torch.float16,
-    overwrite: bool = False,
     **extra: Any,
-) -> str:
-    """Write the adapters of one or more attach() handles (UNet and text encoders) to one file."""
-    path = os.fspath(path)
+) -> KronAFile:
+    """An in-memory KronAFile of one or more attach() handles (UNet and text encoders), with the
+    metadata a saved file gets; strength is baked into the factors."""
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     bases = set()
     handles = list(handles)
@@ -461,26 +458,34 @@ def save(
     if factor_rule is None and handles:
         factor_rule = getattr(handles[0], "rule", None)
     for handle in handles:
-        for name, factors in handle.factors().items():
+        for name, (w1, w2) in handle.factors().items():
             if name in modules:
-                raise KronAFileError(path, "two handles adapt the same module", name)
-            modules[name] = factors
+                raise KronAFileError(title, "two handles adapt the same module", name)
+            modules[name] = (w1.float().cpu(), w2.float().cpu())
         if handle.base:
             bases.add(handle.base)
     if len(bases) > 1:
-        raise KronAFileError(path, f"handles disagree on the base model: {sorted(bases)}")
+        raise KronAFileError(title, f"handles disagree on the base model: {sorted(bases)}")
+    metadata = build_metadata(modules, base_model=bases.pop() if bases else None, title=title,
+                              trigger_words=trigger_words, targets=targets, factor_rule=factor_rule,
+                              training=training, **extra)
+    return KronAFile(f"<memory>/{title}", modules, metadata)
+
+
+def save(
+    path: str | os.PathLike,
+    handles: Iterable[Any],
+    *,
+    title: str | None = None,
+    dtype: torch.dtype = torch.float16,
+    overwrite: bool = False,
+    **metadata: Any,
+) -> str:
+    """Write the adapters of one or more attach() handles to one file (see `from_handles`)."""
+    path = os.fspath(path)
     title = title or os.path.basename(path).removesuffix(SUFFIX).removesuffix(".safetensors")
-    metadata = build_metadata(
-        modules,
-        base_model=bases.pop() if bases else None,
-        title=title,
-        trigger_words=trigger_words,
-        targets=targets,
-        factor_rule=factor_rule,
-        training=training,
-        **extra,
-    )
-    return write(path, modules, metadata, dtype=dtype, overwrite=overwrite)
+    file = from_handles(handles, title=title, **metadata)
+    return write(path, file.modules, file.metadata, dtype=dtype, overwrite=overwrite)
 
 
 def write_file(

@@ -119,6 +119,7 @@ class KronANetwork(nn.Module):
         self._model_ref = [model]  # a list keeps the model out of this module's children
         self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._bases: dict[str, nn.Module] = {}
+        self._paths: list[str] = []  # kept after remove(): the factors stay readable and savable
         self._backups: dict[str, tuple[torch.Tensor, int]] = {}  # path -> (weight before merge, its version)
         self._removed = False
         self.targets: list[str] = []
@@ -131,10 +132,10 @@ class KronANetwork(nn.Module):
         return self._model_ref[0]
 
     def paths(self) -> list[str]:
-        return list(self._bases)
+        return list(self._paths)
 
     def items(self) -> Iterator[tuple[str, KronAAdapter]]:
-        for path in self._bases:
+        for path in self._paths:
             yield path, self.adapters[_module_key(path)]
 
     def adapter(self, path: str) -> KronAAdapter:
@@ -153,6 +154,7 @@ class KronANetwork(nn.Module):
     def _add(self, path: str, base_module: nn.Module, adapter: KronAAdapter) -> None:
         self.adapters[_module_key(path)] = adapter
         self._bases[path] = base_module
+        self._paths.append(path)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
             if adapter.merged or not adapter.enabled:
@@ -247,10 +249,16 @@ class KronANetwork(nn.Module):
         return any(a.merged for _, a in self.items())
 
     def remove(self, keep_merged: bool = False) -> None:
-        """Detach from the model. Merged weights are restored unless keep_merged (a permanent bake)."""
-        self._check_live()
+        """Detach from the model. Merged weights are restored unless keep_merged (a permanent bake).
+
+        The factors stay in the handle (save() and factors() still work); removing twice is a no-op.
+        """
+        if self._removed:
+            return
         if not keep_merged:
             self.unmerge()
+        for _, adapter in self.items():
+            adapter.merged = False
         for hook in self._hooks.values():
             hook.remove()
         self._hooks.clear()

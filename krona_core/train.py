@@ -479,6 +479,18 @@ def train(
     if not examples:
         raise ValueError("no training examples")
     handles = (adapters or _attach)(denoiser, config)
+    try:
+        return _run(denoiser, examples, config, handles, class_examples, resume_from, on_step, should_stop,
+                    on_preview, reduce_gradients, loss_hook, rank)
+    except BaseException:
+        for handle in handles:  # never leave a model hooked by a run that did not finish
+            if hasattr(handle, "remove"):
+                handle.remove()
+        raise
+
+
+def _run(denoiser, examples, config, handles, class_examples, resume_from, on_step, should_stop, on_preview,
+         reduce_gradients, loss_hook, rank) -> TrainResult:
     params_unet = [p for h in handles if h.network == "unet" for p in h.parameters()]
     params_te = [p for h in handles if h.network != "unet" for p in h.parameters()]
     groups = [{"params": params_unet, "lr": config.lr}]

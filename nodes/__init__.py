@@ -8,8 +8,9 @@ from . import folders  # noqa: F401  (re-exported for the entry point)
 from .apply import ApplyKronA
 from .load_info import KronAInfo, LoadKronA
 from .save import SaveKronA
+from .train_node import TrainKronA
 
-NODES: list[type[io.ComfyNode]] = [ApplyKronA, LoadKronA, KronAInfo, SaveKronA]
+NODES: list[type[io.ComfyNode]] = [ApplyKronA, LoadKronA, KronAInfo, SaveKronA, TrainKronA]
 
 
 class KronAExtension(ComfyExtension):

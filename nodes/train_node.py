@@ -1,0 +1,177 @@
+"""Train KronA: DreamBooth-train a KronA adapter inside ComfyUI with krona_core's trainer."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import comfy.model_management
+import comfy.utils
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..krona_core.format import from_handles
+from ..krona_core.plot import loss_curve
+from ..krona_core.train import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    generate_class_examples,
+    prepare_examples,
+    train,
+)
+from . import folders
+from .comfy_patch import apply_to
+from .comfy_train import ComfyDenoiser
+from .load_info import KRONA
+
+TARGETS = ["attn", "attn+ff", "all-linear", "all"]
+SCHEDULES = ["constant", "cosine", "linear"]
+EVENT = "krona.train"  # websocket message the web extension draws the live loss chart from
+
+
+def _send(event: dict) -> None:
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync(EVENT, event)
+    except Exception:  # headless use without a server (tests importing the node)
+        pass
+
+
+def _images(batch: torch.Tensor) -> list[torch.Tensor]:
+    """ComfyUI IMAGE (B, H, W, 3) in [0, 1] → list of (3, H, W), as ordinary (non-inference) tensors."""
+    return [img.movedim(-1, 0).clone() for img in batch]
+
+
+def _to_image(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
+
+
+class TrainKronA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TrainKronA",
+            display_name="Train KronA",
+            category="training/KronA",
+            description="DreamBooth-train a KronA (Kronecker-product) adapter on a few images. Defaults are the "
+                        "DiffuseKronA paper's: (64, 8) factors on attention, AdamW lr 1e-3, batch 1 × accumulation 4.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                io.Vae.Input("vae"),
+                io.Image.Input("images", tooltip="The instance images (a batch, e.g. from Load Image nodes)."),
+                io.String.Input("instance_prompt", default="a photo of sks person",
+                                tooltip="Prompt with a rare token for the subject; also the file's trigger words."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimizer steps (paper: 500 SD1.x/2.x, 1000 SDXL)."),
+                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-5),
+                io.Int.Input("a1", default=64, min=1, max=4096, tooltip="Rows of the small factor A (divisor fallback per layer)."),
+                io.Int.Input("a2", default=8, min=1, max=4096, tooltip="Columns of the small factor A."),
+                io.Combo.Input("targets", options=TARGETS, default="attn"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.String.Input("captions", default="", multiline=True, optional=True,
+                                tooltip="One caption per image, line by line (empty: the instance prompt for all)."),
+                io.String.Input("class_prompt", default="", optional=True, tooltip="Prior preservation, e.g. 'a photo of a person'."),
+                io.Image.Input("class_images", optional=True),
+                io.Int.Input("num_class_images", default=0, min=0, max=1000, optional=True,
+                             tooltip="Class images to generate with the base model when none are connected."),
+                io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=10.0, step=0.05, optional=True),
+                io.Int.Input("parameter_budget", default=0, min=0, max=10**9, optional=True,
+                             tooltip="Total trainable parameters; per-layer shapes chosen to fit (0: use a1/a2)."),
+                io.Combo.Input("schedule", options=SCHEDULES, default="constant", optional=True),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100000, optional=True),
+                io.Int.Input("batch_size", default=1, min=1, max=64, optional=True),
+                io.Int.Input("grad_accum", default=4, min=1, max=256, optional=True),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=64, optional=True),
+                io.Boolean.Input("train_text_encoder", default=False, optional=True),
+                io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, optional=True),
+                io.Float.Input("min_snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5, optional=True,
+                               tooltip="0 = off; 5 is the common choice."),
+                io.Int.Input("checkpoint_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Save a resumable checkpoint every N steps under models/krona/checkpoints/."),
+                io.Int.Input("preview_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Sample a validation image every N steps (fixed seed and prompt)."),
+                io.String.Input("validation_prompt", default="", optional=True),
+                io.String.Input("name", default="KronA", optional=True, tooltip="Name of the run and of its checkpoints."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL"),
+                io.Clip.Output(display_name="CLIP"),
+                KRONA.Output(display_name="KRONA"),
+                io.Image.Output(display_name="loss_curve"),
+                io.Image.Output(display_name="previews"),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, instance_prompt: str, steps: int, learning_rate: float, a1: int, a2: int,
+                targets: str, seed: int, captions: str = "", class_prompt: str = "", class_images=None,
+                num_class_images: int = 0, prior_loss_weight: float = 1.0, parameter_budget: int = 0,
+                schedule: str = "constant", warmup_steps: int = 0, batch_size: int = 1, grad_accum: int = 4,
+                resolution: int = 512, train_text_encoder: bool = False, noise_offset: float = 0.0,
+                min_snr_gamma: float = 0.0, checkpoint_every: int = 0, preview_every: int = 0,
+                validation_prompt: str = "", name: str = "KronA") -> io.NodeOutput:
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        run_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (name or "KronA"))
+        checkpoint_dir = os.path.join(folders.folder_paths.get_folder_paths(folders.FOLDER)[0], "checkpoints",
+                                      f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
+        if lines and len(lines) != images.shape[0]:
+            raise ValueError(f"Train KronA: {len(lines)} captions for {images.shape[0]} images (one line per image)")
+        with torch.inference_mode(False), torch.enable_grad():
+            denoiser = ComfyDenoiser(model, clip, vae)
+            prompts = lines or [instance_prompt] * images.shape[0]
+            examples = prepare_examples(denoiser, _images(images), prompts, resolution)
+            class_examples = []
+            if class_prompt.strip():
+                if class_images is not None:
+                    class_examples = prepare_examples(denoiser, _images(class_images), [class_prompt] * class_images.shape[0],
+                                                      resolution, is_class=True)
+                elif num_class_images:
+                    class_examples = generate_class_examples(denoiser, class_prompt, num_class_images,
+                                                             tuple(examples[0].latent.shape), seed + 10_000)
+            config = TrainConfig(
+                steps=steps, lr=learning_rate, a1=a1, a2=a2, targets=targets, seed=seed, budget=parameter_budget or None,
+                schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
+                train_text_encoder=train_text_encoder, prior_loss_weight=prior_loss_weight, noise_offset=noise_offset,
+                min_snr_gamma=min_snr_gamma or None, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+                validate_every=preview_every, validation_prompt=validation_prompt or instance_prompt,
+            )
+            bar = comfy.utils.ProgressBar(steps)
+            losses: list[float] = []
+
+            def on_step(step: int, loss: float, lr: float) -> None:
+                losses.append(loss)
+                bar.update_absolute(step, steps)
+                _send({"node": node_id, "step": step, "total": steps, "loss": loss, "lr": lr})
+
+            try:
+                result = train(denoiser, examples, config, class_examples=class_examples, on_step=on_step,
+                               should_stop=comfy.model_management.processing_interrupted)
+            except TrainingInterrupted as exc:
+                _send({"node": node_id, "event": "cancelled", "step": exc.step, "checkpoint": exc.checkpoint})
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise
+            except TrainingDiverged as exc:
+                raise ValueError(f"Train KronA: {exc}") from None
+            finally:
+                denoiser.close()
+            file = from_handles(result.handles, title=run_name, trigger_words=[instance_prompt],
+                                training={**result.record, "host": "ComfyUI"})
+            for handle in result.handles:
+                handle.remove()
+            new_model, new_clip, report = apply_to(model, clip, file, 1.0, 1.0)
+        curve = _to_image(loss_curve(result.losses, title=f"{run_name}: loss per step",
+                                     markers=[int(os.path.basename(c)[5:11]) for c in result.checkpoints]))
+        if result.previews:
+            previews = torch.stack([p.movedim(0, -1) for _, p in result.previews])
+        else:
+            previews = torch.zeros(1, 64, 64, 3)
+        _send({"node": node_id, "event": "done", "losses": result.losses})
+        text = (f"trained {run_name}: {len(file.modules)} modules, {file.num_parameters():,} parameters, final loss "
+                f"{result.losses[-1]:.4f}" + (f"; checkpoints in {checkpoint_dir}" if result.checkpoints else ""))
+        return io.NodeOutput(new_model, new_clip, file, curve, previews, ui=ui.PreviewText("\n".join([text, *report])))
