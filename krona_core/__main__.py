@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
+    from .cli_convert import add_convert_arguments, add_merge_arguments, run_convert, run_merge
+
+    convert = sub.add_parser("convert", help="convert between KronA, LyCORIS LoKr, LoRA and official DiffuseKronA files")
+    add_convert_arguments(convert)
+    convert.set_defaults(func=run_convert)
+
+    merge = sub.add_parser("merge", help="merge KronA files into one, or bake one into a checkpoint")
+    add_merge_arguments(merge)
+    merge.set_defaults(func=run_merge)
+
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file")
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -87,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .convert import ConvertError
+    from .keymap import KeyMapError
     from .train_diffusers import BaseLoadError
 
     try:
         return args.func(args)
-    except (KronAFileError, BaseLoadError, FileNotFoundError) as exc:
+    except (KronAFileError, BaseLoadError, ConvertError, KeyMapError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,11 +6,12 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import folders  # noqa: F401  (re-exported for the entry point)
 from .apply import ApplyKronA
+from .convert_nodes import LoRAToKronA, MergeKronA
 from .load_info import KronAInfo, LoadKronA
 from .save import SaveKronA
 from .train_node import TrainKronA
 
-NODES: list[type[io.ComfyNode]] = [ApplyKronA, LoadKronA, KronAInfo, SaveKronA, TrainKronA]
+NODES: list[type[io.ComfyNode]] = [ApplyKronA, LoadKronA, KronAInfo, SaveKronA, TrainKronA, LoRAToKronA, MergeKronA]
 
 
 class KronAExtension(ComfyExtension):

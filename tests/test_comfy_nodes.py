@@ -222,3 +222,34 @@ def test_load_info_save_round_trip(server, files):
     del xl_info["save"]
     text = "".join(server.run(xl_info)["outputs"]["info"]["text"])
     assert "WARNING: the file is for sdxl" in text
+
+
+def test_merged_checkpoint_equals_apply_krona(server, files, tmp_path):
+    from krona_core.merge import merge_into_checkpoint
+
+    merged = tmp_path / "sd15-merged.safetensors"
+    merge_into_checkpoint(files["sd15"], krona_core_load(files["a"]), 0.8, merged)
+    server.add_model("checkpoints", merged)
+    baked = image(server, graph(merged.name))
+    applied = image(server, graph(files["sd15"].name, [("krona", files["a"].name, 0.8, 0.8)]))
+    assert max_diff(baked, applied) <= 2
+
+
+def test_lora_to_krona_and_merge_nodes(server, files):
+    g = {
+        "conv": {"class_type": "LoRAToKronA", "inputs": {"lora_name": files["a"].name, "a1": 64, "a2": 8}},
+        "load": {"class_type": "LoadKronA", "inputs": {"krona_name": files["b"].name}},
+        "merge": {"class_type": "MergeKronA", "inputs": {"krona_1": ["conv", 0], "weight_1": 1.0,
+                                                         "krona_2": ["load", 0], "weight_2": 0.5}},
+        "save": {"class_type": "SaveKronA", "inputs": {"krona": ["merge", 0], "filename_prefix": "merged/ab"}},
+    }
+    history = server.run(g)
+    assert "relative error: total 0.000e+00" in "".join(history["outputs"]["conv"]["text"])  # LoKr → KronA is exact
+    merged = krona_core_load(server.model_dir("krona") / "merged" / "ab_00001.krona.safetensors")
+    assert merged.trigger_words == ["sks"] and len(merged.modules) >= len(krona_core_load(files["b"]).modules)
+
+
+def krona_core_load(path):
+    import krona_core
+
+    return krona_core.load(path)
