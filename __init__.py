@@ -6,11 +6,15 @@ import the folder too; the node classes (and torch) load only when ComfyUI asks 
 """
 
 
+WEB_DIRECTORY = "./web"  # the live loss chart and trigger-word chips (web/krona.js)
+
+
 async def comfy_entrypoint():
-    from .nodes import KronAExtension, folders
+    from .nodes import KronAExtension, folders, routes
 
     folders.register()  # before the node schemas list the files of the krona folder
+    routes.register()
     return KronAExtension()
 
 
-__all__ = ["comfy_entrypoint"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -152,6 +152,25 @@ def read(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> KronAFile:
     return parse(data, path)
 
 
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Base model, trigger words, title and module count from the header alone (no tensor data
+    read): for UIs that list files. Same validation of the header as `read`."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            head += fh.read(min(n, MAX_HEADER_BYTES))
+    except OSError as exc:
+        raise KronAFileError(path, f"cannot open: {exc.strerror or exc}") from None
+    header, metadata, data_start = _parse_header(head, path)
+    groups = _group_modules(_check_entries(header, size - data_start, path), path)
+    file = KronAFile(path, {}, metadata)
+    return {"name": file.name, "base_model": file.base_model, "trigger_words": file.trigger_words,
+            "modules": len(groups), "format_version": metadata.get("krona.format_version")}
+
+
 def parse(data: bytes, path: str | os.PathLike | None = None) -> KronAFile:
     """Validate and decode the bytes of a file (see `read`)."""
     header, metadata, data_start = _parse_header(data, path)
