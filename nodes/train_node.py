@@ -70,7 +70,7 @@ class TrainKronA(io.ComfyNode):
                 io.Int.Input("a1", default=64, min=1, max=4096, tooltip="Rows of the small factor A (divisor fallback per layer)."),
                 io.Int.Input("a2", default=8, min=1, max=4096, tooltip="Columns of the small factor A."),
                 io.Combo.Input("targets", options=TARGETS, default="attn"),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True),
                 io.String.Input("captions", default="", multiline=True, optional=True,
                                 tooltip="One caption per image, line by line (empty: the instance prompt for all)."),
                 io.String.Input("class_prompt", default="", optional=True, tooltip="Prior preservation, e.g. 'a photo of a person'."),

@@ -42,7 +42,7 @@ NODE_TYPES: dict[str, dict] = {
     "ApplyKronA": {"in": [("model", "MODEL"), ("krona_name", None), ("strength_model", None), ("clip", "CLIP"), ("strength_clip", None),
                           ("bypass", None), ("block_strengths", None)], "out": [("MODEL", "MODEL"), ("CLIP", "CLIP")]},
     "TrainKronA": {"in": [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("images", "IMAGE"), ("instance_prompt", None),
-                          ("steps", None), ("learning_rate", None), ("a1", None), ("a2", None), ("targets", None), ("seed", None),
+                          ("steps", None), ("learning_rate", None), ("a1", None), ("a2", None), ("targets", None), ("seed+", None),
                           ("captions", None), ("class_prompt", None), ("class_images", "IMAGE"), ("num_class_images", None),
                           ("prior_loss_weight", None), ("parameter_budget", None), ("schedule", None), ("warmup_steps", None),
                           ("batch_size", None), ("grad_accum", None), ("resolution", None), ("train_text_encoder", None),
@@ -187,13 +187,13 @@ def train() -> Graph:
            "500 steps. The instance prompt needs a rare token (sks); it is stored as the trigger words. The live loss chart "
            "appears on the node; Cancel stops at a step boundary and keeps the last checkpoint (models/krona/checkpoints/).\n"
            "4. Save KronA writes models/krona/my-subject_00001.krona.safetensors; Apply KronA can load it later.\n"
-           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 640), size=(460, 260))
+           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 660), size=(320, 380))
     ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
     img1 = g.add("LoadImage", (0, 200), {"image": "subject1.png"}, size=(300, 200))
     img2 = g.add("LoadImage", (0, 420), {"image": "subject2.png"}, size=(300, 200))
     batch = g.add("ImageBatch", (340, 420), {}, {"image1": (img1, 0), "image2": (img2, 0)})
     trainer = g.add("TrainKronA", (340, 40), {"instance_prompt": "a photo of sks dog", **TRAIN_DEFAULTS},
-                    {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "images": (batch, 0)}, size=(360, 760))
+                    {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "images": (batch, 0)}, size=(360, 940))
     g.add("SaveKronA", (740, 520), {"filename_prefix": "my-subject", "trigger_words": "sks dog", "metadata": "", "float32": False},
           {"krona": (trainer, 2)}, size=(320, 200))
     g.add("PreviewImage", (740, 760), {}, {"images": (trainer, 3)}, title="Loss curve", size=(420, 300))

@@ -6,7 +6,6 @@ import { api } from "../../scripts/api.js";
 
 const TRAIN = "TrainKronA";
 const FILE_NODES = new Set(["LoadKronA", "ApplyKronA"]);
-const charts = new Map(); // node id → chart state
 
 function makeChart(node) {
   const canvas = document.createElement("canvas");
@@ -14,12 +13,19 @@ function makeChart(node) {
   canvas.width = 320;
   canvas.height = 150;
   canvas.style.width = "100%";
+  canvas.style.height = "150px";
   canvas.style.background = "#1b1b1b";
   canvas.style.borderRadius = "4px";
   canvas.dataset.points = "0";
   const state = { canvas, losses: [], total: 0, status: "waiting for training" };
-  charts.set(String(node.id), state);
-  node.addDOMWidget("krona_loss_chart", "krona-chart", canvas, { serialize: false, hideOnZoom: false });
+  // kept on the node: its id is only final after the graph has been configured
+  node.kronaChart = state;
+  node.addDOMWidget("krona_loss_chart", "krona-chart", canvas, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => 160,
+    getHeight: () => 160,
+  });
   draw(state);
   return state;
 }
@@ -116,7 +122,8 @@ app.registerExtension({
   name: "ComfyUI-KronA",
   setup() {
     api.addEventListener("krona.train", ({ detail }) => {
-      const state = charts.get(String(detail.node));
+      const node = app.graph?.getNodeById(Number(detail.node)) ?? app.graph?.getNodeById(detail.node);
+      const state = node?.kronaChart;
       if (!state) return;
       if (detail.event === "done") {
         state.losses = detail.losses;

@@ -188,6 +188,7 @@ class ComfyServer:
         keep_dir: bool = False,
         python: str = sys.executable,
         disable_api_nodes: bool = True,
+        frontend_root: Optional[PathLike] = None,
     ):
         path = Path(comfyui_path).expanduser().resolve() if comfyui_path else comfyui_path_from_env()
         if path is None:
@@ -209,6 +210,7 @@ class ComfyServer:
         self.keep_dir = keep_dir
         self.python = python
         self.disable_api_nodes = disable_api_nodes
+        self.frontend_root = Path(frontend_root) if frontend_root else None  # a real frontend (browser tests)
 
         self.port: Optional[int] = None
         self.host = "127.0.0.1"
@@ -344,7 +346,7 @@ class ComfyServer:
             "--port", str(self.port),
             "--disable-auto-launch",
             "--preview-method", "none",
-            "--front-end-root", str(self.root / "frontend"),
+            "--front-end-root", str(self.frontend_root or self.root / "frontend"),
             "--database-url", f"sqlite:///{self.user_dir / 'comfyui.db'}",
         ]
         if self.disable_api_nodes:

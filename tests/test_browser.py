@@ -1,0 +1,150 @@
+"""The web extension in a real browser: ComfyUI with its own frontend (comfyui-frontend-package),
+headless Chromium driven by Playwright. Loads workflow 3 (Train KronA), runs it on tiny models,
+and checks that the live loss chart drew points; workflow 1 shows the trigger-word chips.
+Screenshots go to test-artifacts/browser/ (and to docs/screenshots/ with KRONA_UPDATE_SCREENSHOTS=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(_TESTS))
+
+ROOT = _TESTS.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set"),
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package chromium)"),
+]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--window-size=1600,1000"]
+
+
+@pytest.fixture(scope="module")
+def frontend() -> Path:
+    package = pytest.importorskip("comfyui_frontend_package", reason="comfyui-frontend-package not installed")
+    return Path(package.__file__).parent / "static"
+
+
+@pytest.fixture(scope="module")
+def server(frontend, tmp_path_factory):
+    from PIL import Image
+
+    from helpers.comfy_server import ComfyServer, comfyui_path_from_env
+    from helpers.krona_files import random_krona
+    from helpers.tiny_comfy import cached_checkpoint
+
+    from krona_core.tiny import sample_images
+
+    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, frontend_root=frontend)
+    srv.start()
+    srv.add_model("checkpoints", cached_checkpoint("sd15"), name="v1-5-pruned-emaonly.safetensors")
+    d = tmp_path_factory.mktemp("browser")
+    srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1,
+                                        trigger_words=("sks dog", "studio photo")))
+    srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, every=2))
+    for i, img in enumerate(sample_images(2, 64, seed=5)):
+        path = d / f"subject{i + 1}.png"
+        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
+        srv.add_input(path)
+    # a returning user: no first-run template browser over the canvas
+    srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager !== undefined", timeout=120_000)
+        page.wait_for_timeout(1500)
+        page.keyboard.press("Escape")
+        yield page
+        browser.close()
+
+
+def load_workflow(page, name: str, overrides: dict[str, dict] | None = None) -> None:
+    data = json.loads((ROOT / "example_workflows" / name).read_text())
+    page.evaluate("async (g) => { await window.app.loadGraphData(g); }", data)
+    for node_type, values in (overrides or {}).items():
+        page.evaluate(
+            """([type, values]) => {
+                for (const node of window.app.graph._nodes.filter(n => n.type === type)) {
+                    for (const [name, value] of Object.entries(values)) {
+                        const w = node.widgets.find(w => w.name === name);
+                        if (w) { w.value = value; w.callback?.(value); }
+                    }
+                }
+            }""",
+            [node_type, values],
+        )
+    page.wait_for_timeout(500)
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    if os.environ.get("KRONA_UPDATE_SCREENSHOTS"):
+        target = ROOT / "docs" / "screenshots" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return path
+
+
+def test_trigger_word_chips_on_apply_krona(page):
+    load_workflow(page, "1-krona-txt2img-lora.json")
+    page.wait_for_selector(".krona-trigger-word", timeout=60_000)
+    words = page.eval_on_selector_all(".krona-trigger-word", "els => els.map(e => e.textContent)")
+    assert words == ["sks dog", "studio photo"]
+    assert "base: sd1" in page.inner_text(".krona-file-info")
+    screenshot(page, "workflow-1-apply-krona.png")
+
+
+def test_live_loss_chart_on_train_krona(page, server):
+    load_workflow(page, "3-train-save-apply-krona.json", {
+        "TrainKronA": {"steps": 12, "grad_accum": 1, "resolution": 64, "checkpoint_every": 0, "preview_every": 0,
+                       "learning_rate": 0.01},
+        "EmptyLatentImage": {"width": 64, "height": 64},
+        "KSampler": {"steps": 3},
+    })
+    page.wait_for_selector("canvas.krona-loss-chart", timeout=30_000)
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")  # its return value varies by frontend version
+    try:
+        page.wait_for_function("() => Number(document.querySelector('canvas.krona-loss-chart').dataset.points) >= 12",
+                               timeout=600_000)
+    except Exception:
+        screenshot(page, "failed-train-krona.png")
+        raise AssertionError(f"no loss points drawn; ComfyUI log: {server.log_tail(3000)}") from None
+    page.wait_for_timeout(1000)
+    points = int(page.eval_on_selector("canvas.krona-loss-chart", "c => c.dataset.points"))
+    drawn = page.eval_on_selector(
+        "canvas.krona-loss-chart",
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let lit = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i + 2] > d[i]) lit++;
+                  return lit; }""",
+    )
+    assert points >= 12 and drawn > 50  # blue line pixels of the chart
+    chart = page.query_selector("canvas.krona-loss-chart")
+    chart.scroll_into_view_if_needed()
+    shot = screenshot(page, "workflow-3-train-krona.png")
+    assert shot.stat().st_size > 10_000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    chart.screenshot(path=str(ARTIFACTS / "loss-chart.png"))
