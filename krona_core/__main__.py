@@ -62,6 +62,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run bench/run.py of this checkout (the benchmarks compare against test-only peers)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+    if not script.is_file():
+        print("error: bench/run.py not found: run the benchmarks from a checkout of the repository", file=sys.stderr)
+        return 2
+    module = runpy.run_path(str(script), run_name="krona_bench")
+    return module["main"](args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m krona_core", description="KronA (Kronecker-product) adapters for diffusion models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge KronA files into one, or bake one into a checkpoint")
     add_merge_arguments(merge)
     merge.set_defaults(func=run_merge)
+
+    bench = sub.add_parser("bench", help="benchmarks against LoRA/LoKr peers (bench/run.py; --quick for a smoke run)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py, e.g. --quick")
+    bench.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file")
     info.add_argument("file")

@@ -424,6 +424,30 @@ def lora_tensors(name: str, up: torch.Tensor, down: torch.Tensor, weight_shape: 
 # --------------------------------------------------------------------------- → KronA
 
 
+class ErrorTally:
+    """Per-module relative errors and the total over all modules, √(Σ‖ΔW − fit‖²) / √(Σ‖ΔW‖²)."""
+
+    def __init__(self):
+        self.errors: dict[str, float] = {}
+        self._squared_error = 0.0
+        self._squared_norm = 0.0
+
+    def add(self, name: str, rel_error: float, squared_norm: float) -> None:
+        self.errors[name] = rel_error
+        self._squared_norm += squared_norm
+        self._squared_error += rel_error ** 2 * squared_norm
+
+    @property
+    def total(self) -> float:
+        return math.sqrt(self._squared_error / self._squared_norm) if self._squared_norm > 0 else 0.0
+
+
+def fit_kronecker(dense: torch.Tensor, shape: KronShape) -> tuple[tuple[torch.Tensor, torch.Tensor], float, float]:
+    """((w1, w2), relative error, ‖ΔW‖²) of the nearest Kronecker product at `shape`."""
+    fit = nearest_kronecker(dense, shape.a1, shape.a2)
+    return (fit.w1[0].float(), fit.w2[0].float()), fit.rel_error, float((dense ** 2).sum())
+
+
 def nearest_error_cost(module: Module) -> Callable[[KronShape], float]:
     """Absolute squared nearest-Kronecker error of a module for a candidate shape (exact, via the
     Gram matrix of the Van Loan–Pitsianis rearrangement)."""
@@ -454,15 +478,13 @@ def to_krona(source: Source, a1: int = 64, a2: int = 8, budget: int | None = Non
              progress: Callable[[str], None] | None = None) -> Conversion:
     """Exact for Kronecker sources (.krona, any LoKr); nearest Kronecker product otherwise."""
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    errors: dict[str, float] = {}
-    squared_error = squared_norm = 0.0
+    tally = ErrorTally()
     exact = {n: m for n, m in source.modules.items() if m.factors is not None}
     approx = {n: m for n, m in source.modules.items() if m.factors is None}
     for name, module in exact.items():
         w1, w2 = module.factors
         modules[name] = (w1.float(), w2.float())
-        errors[name] = 0.0
-        squared_norm += float(w1.double().norm() ** 2 * w2.double().norm() ** 2)
+        tally.add(name, 0.0, float(w1.double().norm() ** 2 * w2.double().norm() ** 2))
     if approx:
         shapes_of = {n: m.weight_shape or tuple(m.dense().shape) for n, m in approx.items()}
         if budget is not None:
@@ -474,15 +496,9 @@ def to_krona(source: Source, a1: int = 64, a2: int = 8, budget: int | None = Non
         for index, (name, module) in enumerate(approx.items()):
             if progress:
                 progress(f"{index + 1}/{len(approx)} {name}")
-            dense = module.dense()
-            shape = plan[name]
-            fit = nearest_kronecker(dense, shape.a1, shape.a2)
-            modules[name] = (fit.w1[0].float(), fit.w2[0].float())
-            errors[name] = fit.rel_error
-            norm2 = float((dense ** 2).sum())
-            squared_norm += norm2
-            squared_error += fit.rel_error ** 2 * norm2
-    total_error = math.sqrt(squared_error / squared_norm) if squared_norm > 0 else 0.0
+            modules[name], rel_error, norm2 = fit_kronecker(module.dense(), plan[name])
+            tally.add(name, rel_error, norm2)
+    errors, total_error = tally.errors, tally.total
     provenance = {"source": os.path.basename(source.path), "source_sha256": source.sha256, "source_format": source.format,
                   "conversion": "exact" if not approx else ("budget" if budget else "nearest-kronecker"),
                   "total_rel_error": total_error, "max_layer_rel_error": max(errors.values(), default=0.0)}
@@ -503,8 +519,7 @@ def json_or_none(text: str | None) -> Any:
 def to_lora(source: Source, rank: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
     """kohya LoRA tensors; exact at sufficient rank, else truncated with the error reported."""
     tensors: dict[str, torch.Tensor] = {}
-    errors: dict[str, float] = {}
-    squared_error = squared_norm = 0.0
+    tally = ErrorTally()
     for name, module in source.modules.items():
         if module.factors is not None:
             w1, w2 = module.factors
@@ -522,10 +537,8 @@ def to_lora(source: Source, rank: int | None = None) -> tuple[dict[str, torch.Te
             shape = tuple(dense.shape)
             norm2 = float((dense ** 2).sum())
         tensors.update(lora_tensors(name, up, down, shape, torch.float32))
-        errors[name] = rel
-        squared_norm += norm2
-        squared_error += rel ** 2 * norm2
-    return tensors, errors, (math.sqrt(squared_error / squared_norm) if squared_norm > 0 else 0.0)
+        tally.add(name, rel, norm2)
+    return tensors, tally.errors, tally.total
 
 
 def official_to_lora(down: torch.Tensor, up: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:

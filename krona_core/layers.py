@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import keymap
-from .kron import KronShape, choose_order, choose_shape, kron_conv2d, kron_linear, lycoris_shape, materialise, plan_budget
+from .kron import KronShape, choose_order, choose_shape, kron_conv2d, kron_linear, kron_linear_add, lycoris_shape, materialise, plan_budget
 from .targets import select
 
 
@@ -48,6 +48,7 @@ class KronAAdapter(nn.Module):
         self.w1 = nn.Parameter(w1.to(device=device, dtype=dtype))
         self.w2 = nn.Parameter(torch.zeros(shape.w2_shape, device=device, dtype=dtype))
         self.order = choose_order(shape)
+        self.mode = "efficient"  # or "materialised": x through kron(w1, w2) formed explicitly (benchmarks)
         self.strength = 1.0
         self.merged = False
         self.enabled = True
@@ -64,7 +65,15 @@ class KronAAdapter(nn.Module):
         """strength · (x through kron(w1, w2)), computed in x's dtype on x's device."""
         w1 = self.w1.to(device=x.device, dtype=x.dtype)
         w2 = self.w2.to(device=x.device, dtype=x.dtype)
-        if self.kind == "linear":
+        if self.mode == "materialised":
+            weight = materialise(w1, w2)
+            if self.kind == "linear":
+                y = F.linear(x, weight)
+            elif self._padding_mode != "zeros":
+                y = F.conv2d(F.pad(x, self._pad, mode=self._padding_mode), weight, None, self._conv["stride"], 0, self._conv["dilation"])
+            else:
+                y = F.conv2d(x, weight, None, **self._conv)
+        elif self.kind == "linear":
             y = kron_linear(x, w1, w2, self.order)
         else:
             if self._padding_mode != "zeros":
@@ -73,6 +82,14 @@ class KronAAdapter(nn.Module):
             else:
                 y = kron_conv2d(x, w1, w2, order=self.order, **self._conv)
         return y * self.strength if self.strength != 1.0 else y
+
+    def add_to(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """output + strength · ΔW·x (the hook's hot path; linear layers fuse the layout change)."""
+        if self.kind == "linear" and self.mode == "efficient":
+            w1 = self.w1.to(device=x.device, dtype=x.dtype)
+            w2 = self.w2.to(device=x.device, dtype=x.dtype)
+            return kron_linear_add(output, x, w1, w2, self.strength, self.order)
+        return output + self.delta(x).to(output.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """Materialised kron(w1, w2) (strength not applied)."""
@@ -160,7 +177,7 @@ class KronANetwork(nn.Module):
             if adapter.merged or not adapter.enabled:
                 return output
             x = args[0] if args else kwargs["input"]
-            return output + adapter.delta(x).to(output.dtype)
+            return adapter.add_to(output, x)
 
         self._hooks[path] = base_module.register_forward_hook(hook, with_kwargs=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -13,9 +12,9 @@ from typing import Callable, Sequence
 import torch
 
 from . import keymap
-from .convert import Conversion, ConvertError, load_tensors
+from .convert import Conversion, ConvertError, ErrorTally, fit_kronecker, load_tensors
 from .format import KronAFile, build_metadata
-from .kron import KronShape, choose_shape, materialise, nearest_kronecker
+from .kron import KronShape, choose_shape, materialise
 
 
 def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | None = None, a2: int | None = None) -> Conversion:
@@ -28,8 +27,7 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
         raise ConvertError(f"the files are for different base models: {sorted(bases)}")
     names = sorted({n for f in files for n in f.modules})
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    errors: dict[str, float] = {}
-    squared_error = squared_norm = 0.0
+    tally = ErrorTally()
     for name in names:
         parts = [(w, f.modules[name]) for f, w in zip(files, weights) if name in f.modules and w != 0]
         if not parts:
@@ -40,21 +38,15 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
         if len(parts) == 1:
             w, (w1, w2) = parts[0]
             modules[name] = (w1.float() * w, w2.float())
-            errors[name] = 0.0
-            squared_norm += float((w1.double() * w).norm() ** 2 * w2.double().norm() ** 2)
+            tally.add(name, 0.0, float((w1.double() * w).norm() ** 2 * w2.double().norm() ** 2))
             continue
         dense = sum(w * materialise(w1.double(), w2.double()) for w, (w1, w2) in parts)
         first = parts[0][1]
         t1 = a1 if a1 is not None else first[0].shape[0]
         t2 = a2 if a2 is not None else first[0].shape[1]
-        shape = choose_shape(dense.shape, t1, t2)
-        fit = nearest_kronecker(dense, shape.a1, shape.a2)
-        modules[name] = (fit.w1[0].float(), fit.w2[0].float())
-        errors[name] = fit.rel_error
-        norm2 = float((dense ** 2).sum())
-        squared_norm += norm2
-        squared_error += fit.rel_error ** 2 * norm2
-    total = math.sqrt(squared_error / squared_norm) if squared_norm > 0 else 0.0
+        modules[name], rel_error, norm2 = fit_kronecker(dense, choose_shape(dense.shape, t1, t2))
+        tally.add(name, rel_error, norm2)
+    errors, total = tally.errors, tally.total
     words = list(dict.fromkeys(w for f in files for w in f.trigger_words))
     provenance = {"merged_from": [{"name": f.name, "weight": w} for f, w in zip(files, weights)],
                   "total_rel_error": total, "max_layer_rel_error": max(errors.values(), default=0.0)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from comfy_api.latest import io, ui
 
@@ -52,11 +51,7 @@ class ApplyKronA(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, krona_name: str, **kwargs):
-        try:  # re-run when the file on disk changes
-            stat = os.stat(folders.resolve(krona_name))
-            return (krona_name, stat.st_mtime_ns, stat.st_size)
-        except (OSError, FileNotFoundError):
-            return krona_name
+        return folders.fingerprint(krona_name)  # re-run when the file on disk changes
 
     @classmethod
     def execute(cls, model, krona_name: str, strength_model: float, clip=None, strength_clip: float = 1.0,

@@ -41,6 +41,15 @@ def resolve(name: str) -> str:
     return path
 
 
+def fingerprint(name: str):
+    """Cache key of a listed file for ComfyUI: changes when the file on disk changes."""
+    try:
+        stat = os.stat(resolve(name))
+        return (name, stat.st_mtime_ns, stat.st_size)
+    except (OSError, FileNotFoundError):
+        return name
+
+
 def save_path(prefix: str) -> str:
     """models/krona/<prefix>_NNNNN.krona.safetensors with the next free counter.
 

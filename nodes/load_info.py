@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 
 from comfy_api.latest import io, ui
 
+from ..krona_core.describe import describe
 from ..krona_core.format import KronAFileError, read
 from . import folders
 from .comfy_patch import model_base, model_type
@@ -28,11 +27,7 @@ class LoadKronA(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, krona_name: str, **kwargs):
-        try:
-            stat = os.stat(folders.resolve(krona_name))
-            return (krona_name, stat.st_mtime_ns, stat.st_size)
-        except (OSError, FileNotFoundError):
-            return krona_name
+        return folders.fingerprint(krona_name)  # re-run when the file on disk changes
 
     @classmethod
     def execute(cls, krona_name: str) -> io.NodeOutput:
@@ -41,28 +36,6 @@ class LoadKronA(io.ComfyNode):
         except (KronAFileError, FileNotFoundError) as exc:
             raise ValueError(f"Load KronA: {exc}") from None
         return io.NodeOutput(file, ", ".join(file.trigger_words))
-
-
-def describe(file, model=None) -> str:
-    """Human-readable summary: metadata, trigger words, base-model check, per-layer table."""
-    lines = [f"KronA file: {file.name}", f"base model: {file.base_model or 'unknown'}",
-             f"trigger words: {', '.join(file.trigger_words) or '(none)'}",
-             f"modules: {len(file.modules)} ({file.num_parameters():,} parameters) in {', '.join(file.networks())}"]
-    if model is not None:
-        connected = model_base(model)
-        if file.base_model and connected and file.base_model != connected:
-            lines.append(f"WARNING: the file is for {file.base_model}, the connected model is {model_type(model)} ({connected})")
-        else:
-            lines.append(f"connected model: {model_type(model)}" + (" (matches)" if connected == file.base_model else ""))
-    if file.training:
-        lines.append("training: " + json.dumps(file.training, sort_keys=True))
-    lines.append("")
-    lines.append(f"{'module':<72} {'w1':>9} {'w2':>13} {'|ΔW|':>9}")
-    for key in sorted(file.modules):
-        w1, w2 = file.modules[key]
-        norm = float(w1.float().norm()) * float(w2.float().norm())  # ‖A⊗B‖ = ‖A‖·‖B‖
-        lines.append(f"{key[:72]:<72} {'×'.join(map(str, w1.shape)):>9} {'×'.join(map(str, w2.shape)):>13} {norm:9.4f}")
-    return "\n".join(lines)
 
 
 class KronAInfo(io.ComfyNode):
@@ -81,5 +54,5 @@ class KronAInfo(io.ComfyNode):
 
     @classmethod
     def execute(cls, krona, model=None) -> io.NodeOutput:
-        text = describe(krona, model)
+        text = describe(krona, model_base(model), model_type(model)) if model is not None else describe(krona)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

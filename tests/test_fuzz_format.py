@@ -40,6 +40,11 @@ def good_parts(blob: bytes) -> tuple[dict, bytes]:
     return json.loads(blob[8:8 + n]), blob[8 + n:]
 
 
+def entries_of(header: dict, data: bytes) -> dict[str, tuple[str, list[int], bytes]]:
+    return {key: (info["dtype"], info["shape"], data[info["data_offsets"][0]:info["data_offsets"][1]])
+            for key, info in header.items() if key != "__metadata__"}
+
+
 def pack(entries: dict[str, tuple[str, list[int], bytes]], metadata: dict | None = None) -> bytes:
     header: dict = {}
     data = b""
@@ -78,12 +83,7 @@ def malformed(draw, blob: bytes):
     if kind == "trailing":
         return blob + draw(st.binary(min_size=1, max_size=16))
     name = draw(st.sampled_from([k.rsplit(".", 1)[0] for k in header if k != "__metadata__"]))
-    entries = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        entries[key] = (info["dtype"], info["shape"], data[begin:end])
+    entries = entries_of(header, data)
     metadata = header.get("__metadata__", {})
     target = f"{name}.lokr_{draw(st.sampled_from(['w1', 'w2']))}"
     dtype, shape, payload = entries[target]
@@ -192,12 +192,7 @@ def test_mismatched_module_among_good_ones_leaves_the_model_untouched(model_and_
     unet, blob = model_and_file
     header, data = good_parts(blob)
     first = sorted(k for k in header if k.endswith(".lokr_w2"))[-1]
-    entries = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        entries[key] = (info["dtype"], info["shape"], data[begin:end])
+    entries = entries_of(header, data)
     dtype, shape, payload = entries[first]
     entries[first] = (dtype, [shape[1], shape[0]], payload)  # transposed: same bytes, wrong layer shape
     path = tmp_path / "mismatch.krona.safetensors"

@@ -98,11 +98,8 @@ def test_hf_clip_checkpoint_names(base, network):
     assert all(k.startswith(expected_prefix) for k in comfy if "text_model" in k)
 
 
-@pytest.mark.parametrize("base,network", [("sd2", "te"), ("sdxl", "te2")])
-def test_open_clip_checkpoint_names(base, network):
-    te = build_text_encoder(base, network)
-    state = hf_keys(te)
-    prefix = keymap.CHECKPOINT_PREFIX[(base, network)]
+def open_clip_checkpoint(state: dict[str, torch.Tensor], base: str, network: str) -> dict[str, torch.Tensor]:
+    """An OpenCLIP-layout checkpoint written from Hugging Face tensors through keymap's slots."""
     checkpoint: dict[str, torch.Tensor] = {}
     fused: dict[str, list] = {}
     for key, value in state.items():
@@ -115,6 +112,15 @@ def test_open_clip_checkpoint_names(base, network):
             checkpoint[slot.key] = value.T if slot.transposed else value
     for key, parts in fused.items():
         checkpoint[key] = torch.cat(parts, dim=0)
+    return checkpoint
+
+
+@pytest.mark.parametrize("base,network", [("sd2", "te"), ("sdxl", "te2")])
+def test_open_clip_checkpoint_names(base, network):
+    te = build_text_encoder(base, network)
+    state = hf_keys(te)
+    prefix = keymap.CHECKPOINT_PREFIX[(base, network)]
+    checkpoint = open_clip_checkpoint(state, base, network)
     hidden = te.config.hidden_size
     converted = convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=hidden)), checkpoint, prefix=prefix)
     expected = {k: v for k, v in state.items() if not k.endswith("position_ids")}
@@ -134,18 +140,7 @@ def test_open_clip_row_slices_move_real_values():
     """Small real tensors: q/k/v land in the right rows, text_projection transposed."""
     te = make_text_encoder(width=16, projection=True)
     state = hf_keys(te)
-    checkpoint: dict[str, torch.Tensor] = {}
-    fused: dict[str, list] = {}
-    for key, value in state.items():
-        if key.endswith("position_ids"):
-            continue
-        slot = keymap.checkpoint_slot("sdxl", "te2", key)
-        if slot.rows is not None:
-            fused.setdefault(slot.key, [None, None, None])[slot.rows[0]] = value
-        else:
-            checkpoint[slot.key] = value.T if slot.transposed else value
-    for key, parts in fused.items():
-        checkpoint[key] = torch.cat(parts, dim=0)
+    checkpoint = open_clip_checkpoint(state, "sdxl", "te2")
     converted = convert_open_clip_checkpoint(te, checkpoint, prefix="conditioner.embedders.1.model.")
     for key, value in state.items():
         if key in converted:

@@ -36,5 +36,6 @@ def random_krona(checkpoint: Path, out: Path, base: str, *, seed: int = 0, a1: i
         w1 = torch.randn(shape.w1_shape, generator=g) * 4 * scale
         w2 = torch.randn(shape.w2_shape, generator=g) * scale
         modules[name] = (w1, w2)
-    meta = build_metadata(modules, base_model=base, title=out.stem, trigger_words=list(trigger_words))
+    title = out.name.removesuffix(".krona.safetensors").removesuffix(".safetensors")  # as krona_core.save names it
+    meta = build_metadata(modules, base_model=base, title=title, trigger_words=list(trigger_words))
     return Path(write(out, modules, meta, overwrite=True))

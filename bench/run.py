@@ -1,0 +1,565 @@
+"""KronA against LoRA and LoKr peers, side by side, reported as ratios with the raw numbers.
+
+    python bench/run.py                 # full run (tens of minutes on 2 CPU cores); writes bench/RESULTS.md + PNG
+    python bench/run.py --quick         # every code path on a tiny UNet in seconds; asserts nothing about time
+    python -m krona_core bench [...]    # the same
+
+Sections: trainable parameters on the real architectures; per-layer Kronecker matmul micro-bench
+(both association orders, materialised, LoRA r4, and the two GEMMs alone); training steps
+(forward + backward + AdamW on the adapter only) on randomly initialised real-size SD1.5 and
+SDXL UNets for KronA efficient / KronA materialised / LyCORIS LoKr (default and bypass) /
+PEFT LoRA r4 / no adapter (the floor) / ComfyUI's trainer LoKr (with COMFYUI_PATH), interleaved
+across rounds; with COMFYUI_PATH also patch time in ComfyUI and bypass sampling overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from krona_core import attach  # noqa: E402
+from krona_core.configs import build_unet  # noqa: E402
+from krona_core.counts import unet_counts  # noqa: E402
+from krona_core.kron import KronShape, choose_order, choose_shape, kron_flops, kron_linear, lora_flops, materialise  # noqa: E402
+from krona_core.targets import select  # noqa: E402
+
+ATTN_GLOBS = ["*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0",
+              "*attn2.to_q", "*attn2.to_k", "*attn2.to_v", "*attn2.to_out.0"]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# --------------------------------------------------------------------------- adapters under test
+
+
+@dataclass
+class Attached:
+    params: list[torch.nn.Parameter]
+    save: Callable[[str], None]
+    remove: Callable[[], None]
+    extra: dict = field(default_factory=dict)
+
+
+def attn_modules(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return select(unet.named_modules(), "attn")
+
+
+def krona(unet, materialised: bool = False) -> Attached:
+    handle = attach(unet, 64, 8, "attn", seed=0, dtype=torch.float32)
+    with torch.no_grad():
+        for _, adapter in handle.items():  # non-zero ΔW: the work is the same, but no zero short-cuts
+            adapter.w2.normal_(0, 1e-3)
+            adapter.mode = "materialised" if materialised else "efficient"
+    return Attached(list(handle.parameters()), lambda p: handle.save(p, overwrite=True), handle.remove)
+
+
+def lycoris(unet, bypass: bool) -> Attached:
+    from lycoris.modules.lokr import LokrModule
+
+    modules = []
+    for name, module in attn_modules(unet):
+        lokr = LokrModule("lycoris_" + name.replace(".", "_"), module, 1.0, lora_dim=10**6, alpha=1, factor=-1,
+                          full_matrix=True, bypass_mode=bypass)
+        with torch.no_grad():
+            lokr.lokr_w2.normal_(0, 1e-3)
+        lokr.apply_to()
+        modules.append(lokr)
+
+    def save(path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file({f"{m.lora_name}.{k}": v.detach().half().contiguous() for m in modules for k, v in m.custom_state_dict().items()}, path)
+
+    def remove() -> None:
+        for m in modules:
+            m.restore()
+
+    return Attached([p for m in modules for p in m.parameters()], save, remove)
+
+
+def peft_lora(unet, rank: int = 4) -> Attached:
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+        if p.ndim == 2 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, 0, 1e-3)
+
+    def save(path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().half().contiguous() for n, p in unet.named_parameters() if "lora_" in n}, path)
+
+    def remove() -> None:  # put every original layer back
+        for name, module in list(unet.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, LoraLayer):
+                    setattr(module, child_name, child.get_base_layer())
+
+    return Attached(params, save, remove)
+
+
+def comfy_lokr(unet) -> Attached:
+    """ComfyUI's trainer LoKr (comfy.weight_adapter.lokr: W + kron(w1, w2) rebuilt per forward, as its
+    TrainLoraNode applies it through weight wrappers), on the same modules, rank 8 (its default)."""
+    import torch.nn.utils.parametrize as parametrize
+    from comfy.weight_adapter.lokr import LoKrAdapter
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, diff):
+            super().__init__()
+            self.diff = diff
+
+        def forward(self, weight):
+            return self.diff(weight)
+
+    wrapped = []
+    params = []
+    for _, module in attn_modules(unet):
+        diff = LoKrAdapter.create_train(module.weight, rank=8)
+        with torch.no_grad():
+            diff.lokr_w1.normal_(0, 1e-3)
+        parametrize.register_parametrization(module, "weight", Wrapper(diff), unsafe=True)
+        wrapped.append((module, diff))
+        params += list(diff.parameters())
+
+    def save(path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file({f"m{i}.{k}": v.detach().half().contiguous() for i, (_, d) in enumerate(wrapped) for k, v in d.state_dict().items()}, path)
+
+    def remove() -> None:
+        for module, _ in wrapped:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+    return Attached(params, save, remove)
+
+
+CONFIGS: dict[str, Callable] = {
+    "no adapter": None,
+    "KronA (64, 8) efficient": lambda u: krona(u),
+    "KronA (64, 8) materialised": lambda u: krona(u, materialised=True),
+    "LyCORIS LoKr": lambda u: lycoris(u, bypass=False),
+    "LyCORIS LoKr bypass": lambda u: lycoris(u, bypass=True),
+    "PEFT LoRA r4": lambda u: peft_lora(u),
+}
+
+
+@contextlib.contextmanager
+def adapter(unet, name: str) -> Iterator[Attached | None]:
+    factory = CONFIGS[name]
+    attached = factory(unet) if factory else None
+    try:
+        yield attached
+    finally:
+        if attached:
+            attached.remove()
+
+
+# --------------------------------------------------------------------------- training step
+
+
+def unet_inputs(unet, latent: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    kwargs = {"sample": torch.randn(1, 4, latent, latent, generator=g), "timestep": torch.tensor([500]),
+              "encoder_hidden_states": torch.randn(1, 77, cfg.cross_attention_dim, generator=g)}
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
+                                       "time_ids": torch.tensor([[latent * 8.0, latent * 8.0, 0, 0, latent * 8.0, latent * 8.0]])}
+    return kwargs
+
+
+def make_step(unet, inputs: dict, params: list[torch.nn.Parameter]) -> Callable[[], None]:
+    """forward + backward + AdamW step on the adapter parameters (the input latent takes a gradient
+    too, so the no-adapter floor back-propagates through the same network)."""
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    target = torch.randn(inputs["sample"].shape, generator=torch.Generator().manual_seed(1))
+
+    def step() -> None:
+        sample = inputs["sample"].clone().requires_grad_(True)
+        out = unet(**{**inputs, "sample": sample}).sample
+        loss = torch.nn.functional.mse_loss(out, target)
+        loss.backward()
+        if optimizer:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def peak_memory(step: Callable[[], None]) -> int:
+    """Peak bytes allocated by tensors during one step (torch profiler, CPU): the activations,
+    gradients and optimizer state of the step, excluding the frozen base's weights."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def bench_training(base: str, latents: list[int], rounds: int, unet=None, log=print) -> dict:
+    unet = unet or build_unet(base, device="cpu")
+    unet.requires_grad_(False).train(False)
+    results: dict = {}
+    for latent in latents:
+        inputs = unet_inputs(unet, latent)
+        times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+        info: dict[str, dict] = {}
+        for round_index in range(rounds + 1):  # round 0 warms every configuration up
+            for name in CONFIGS:
+                with adapter(unet, name) as attached:
+                    step = make_step(unet, inputs, attached.params if attached else [])
+                    elapsed = timed(step)
+                    if round_index:
+                        times[name].append(elapsed)
+                        log(f"  {base} {latent}×{latent} round {round_index} {name}: {elapsed:.3f} s")
+                    elif name not in info:
+                        info[name] = {"params": sum(p.numel() for p in attached.params) if attached else 0}
+                        if attached:
+                            with tempfile.TemporaryDirectory() as tmp:
+                                path = os.path.join(tmp, "adapter.safetensors")
+                                attached.save(path)
+                                info[name]["file_bytes"] = os.path.getsize(path)
+        for name in CONFIGS:
+            with adapter(unet, name) as attached:
+                info[name]["peak_bytes"] = peak_memory(make_step(unet, inputs, attached.params if attached else []))
+        results[latent] = {name: {**info[name], "time": summary(times[name])} for name in CONFIGS}
+    return results
+
+
+# --------------------------------------------------------------------------- per-layer micro-bench
+
+
+LAYER_SHAPES = [(320, 320), (640, 640), (1280, 1280), (320, 768), (1280, 2048)]
+
+
+def repeat(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    return statistics.median(timed(fn) for _ in range(reps))
+
+
+def bench_layers(tokens: int, reps: int) -> list[dict]:
+    rows = []
+    for out_f, in_f in LAYER_SHAPES:
+        shape = choose_shape((out_f, in_f), 64, 8)
+        a1, a2, b1, b2 = shape.a1, shape.a2, shape.b1, shape.b2
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(tokens, in_f, generator=g)
+        w1, w2 = torch.randn(a1, a2, generator=g), torch.randn(b1, b2, generator=g)
+        up, down = torch.randn(out_f, 4, generator=g), torch.randn(4, in_f, generator=g)
+        order = choose_order(shape)
+        # the two GEMMs of the chosen order on ready-made operands (what a zero-overhead version costs)
+        if order == "w2_first":
+            lhs1, rhs1 = x.reshape(tokens * a2, b2), w2.t()
+            mid = (lhs1 @ rhs1).reshape(tokens, a2, b1)
+            gemms = lambda: (lhs1 @ rhs1, torch.matmul(w1, mid))  # noqa: E731
+        else:
+            xs = x.reshape(tokens, a2, b2)
+            mid = torch.matmul(w1, xs).reshape(tokens * a1, b2)
+            gemms = lambda: (torch.matmul(w1, xs), mid @ w2.t())  # noqa: E731
+        row = {
+            "shape": f"{out_f}×{in_f}", "factors": f"{a1}×{a2} ⊗ {b1}×{b2}", "order": order,
+            "kron_ms": repeat(lambda: kron_linear(x, w1, w2), reps) * 1e3,
+            "w1_first_ms": repeat(lambda: kron_linear(x, w1, w2, "w1_first"), reps) * 1e3,
+            "w2_first_ms": repeat(lambda: kron_linear(x, w1, w2, "w2_first"), reps) * 1e3,
+            "gemms_ms": repeat(gemms, reps) * 1e3,
+            "materialised_ms": repeat(lambda: x @ materialise(w1, w2).t(), reps) * 1e3,
+            "lora_r4_ms": repeat(lambda: (x @ down.t()) @ up.t(), reps) * 1e3,
+            "kron_mflops": kron_flops(shape, tokens) / 1e6,
+            "lora_mflops": lora_flops((out_f, in_f), 4, tokens) / 1e6,
+        }
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- ComfyUI apply time
+
+
+def load_pack():
+    """The pack as a package (its nodes use relative imports into krona_core)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("comfyui_krona", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_krona"] = module
+    spec.loader.exec_module(module)
+    import comfyui_krona.nodes.comfy_patch as comfy_patch
+
+    return comfy_patch
+
+
+def bench_comfy(rounds: int, quick: bool, log=print) -> dict:
+    import comfy.lora
+    import comfy.model_patcher
+    import comfy.sd
+    from safetensors.torch import load_file
+
+    from krona_core import keymap
+    from krona_core.format import read
+    from krona_core.format import build_metadata, write
+
+    comfy_patch = load_pack()
+    base = "sd1" if quick else "sdxl"
+    if quick:  # the tiny SD1.5 layout ComfyUI still detects (tests/helpers)
+        sys.path.insert(0, str(ROOT / "tests"))
+        from helpers.tiny_comfy import sd15_state_dict
+
+        unet_sd = {k[len("model.diffusion_model."):]: v for k, v in sd15_state_dict().items() if k.startswith("model.diffusion_model.")}
+    else:  # the real architecture's ldm names and shapes, from the diffusers config on the meta device
+        meta_unet = build_unet(base)
+        names = keymap.UNetKeyMap.from_names(n for n, _ in meta_unet.named_modules() if n)
+        unet_sd = {names.to_ldm(k): v for k, v in meta_unet.state_dict().items()}
+    import comfy.model_detection
+
+    model_config = comfy.model_detection.model_config_from_unet(unet_sd, "")
+    unet_config = model_config.unet_config
+    model = model_config.get_model({}, device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    shapes = {"model.diffusion_model." + k[len("diffusion_model."):]: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
+    unet_map = keymap.UNetKeyMap.from_names(shapes)
+    targets = {}
+    for key, shape in shapes.items():
+        path = key[len("model.diffusion_model."):-len(".weight")] if key.endswith(".weight") else None
+        if path and any(path.endswith(s) for s in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                                     "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
+            targets[keymap.kohya_module_key(base, "unet", path, unet_map)] = shape
+    g = torch.Generator().manual_seed(0)
+    modules, lora = {}, {}
+    for name, shape in targets.items():
+        s = choose_shape(shape, 64, 8)
+        modules[name] = (torch.randn(s.w1_shape, generator=g) * 0.02, torch.randn(s.w2_shape, generator=g) * 0.02)
+        lora[f"{name}.lora_up.weight"] = (torch.randn(shape[0], 4, generator=g) * 0.02).half()
+        lora[f"{name}.lora_down.weight"] = (torch.randn(4, shape[1], generator=g) * 0.02).half()
+        lora[f"{name}.alpha"] = torch.tensor(4.0).half()
+    tmp = tempfile.mkdtemp()
+    krona_path = os.path.join(tmp, "apply.krona.safetensors")
+    write(krona_path, modules, build_metadata(modules, base_model=base, title="apply"))
+    file = read(krona_path)
+    lokr_sd, lora_sd = load_file(krona_path), lora
+
+    def ours(bypass: bool):
+        return comfy_patch.apply_to(patcher, None, file, 1.0, 1.0, bypass=bypass)[0]
+
+    def loraloader(sd):
+        return comfy.sd.load_lora_for_models(patcher, None, sd, 1.0, 0.0)[0]
+
+    cases = {"Apply KronA (merge)": lambda: ours(False), "LoraLoader, same KronA file": lambda: loraloader(lokr_sd),
+             "LoraLoader, LoRA r4 same layers": lambda: loraloader(lora_sd)}
+    patch_times: dict[str, list[float]] = {k: [] for k in cases}
+    for round_index in range(rounds + 1):
+        for name, make in cases.items():
+            start = time.perf_counter()
+            clone = make()
+            clone.patch_model(device_to=torch.device("cpu"))
+            elapsed = time.perf_counter() - start
+            clone.unpatch_model(device_to=torch.device("cpu"))
+            if round_index:
+                patch_times[name].append(elapsed)
+                log(f"  comfy patch round {round_index} {name}: {elapsed:.3f} s")
+    # sampling overhead of bypass vs merged: one diffusion-model forward at a 32×32 latent
+    latent = 16 if quick else 32
+    x = torch.randn(1, 4, latent, latent)
+    context = torch.randn(1, 77, unet_config["context_dim"])
+    extra = {"y": torch.randn(1, unet_config["adm_in_channels"])} if unet_config.get("adm_in_channels") else {}
+    sigma = torch.tensor([1.0])
+    forward_times: dict[str, list[float]] = {"merged": [], "bypass": []}
+    for round_index in range(rounds + 1):
+        for mode in ("merged", "bypass"):
+            clone = ours(mode == "bypass")
+            clone.patch_model(device_to=torch.device("cpu"))
+            with torch.no_grad():
+                elapsed = timed(lambda: clone.model.apply_model(x, sigma, c_crossattn=context, **extra))
+            clone.unpatch_model(device_to=torch.device("cpu"))
+            if round_index:
+                forward_times[mode].append(elapsed)
+    return {"base": base, "modules": len(modules), "patch": {k: summary(v) for k, v in patch_times.items()},
+            "forward": {k: summary(v) for k, v in forward_times.items()}, "latent": latent}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}×" if b else "–"
+
+
+def write_report(results: dict, out: Path, quick: bool) -> str:
+    lines = ["# Benchmarks: KronA vs LoRA / LoKr peers", ""]
+    meta = results["meta"]
+    lines.append(f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPU threads · Python {meta['python']} · "
+                 f"torch {meta['torch']} · diffusers {meta['diffusers']} · peft {meta['peft']} · lycoris-lora {meta['lycoris']}"
+                 + (" · **QUICK MODE: code paths only, the numbers mean nothing**" if quick else ""))
+    lines += ["", "## Trainable parameters (attention q/k/v/out, real architectures)", "",
+              "| base | layers | KronA (64, 8) | LoRA r4 | KronA / LoRA |", "|---|---:|---:|---:|---:|"]
+    for row in results["params"]:
+        lines.append(f"| {row['base']} | {row['layers']} | {row['krona']:,} | {row['lora']:,} | {row['krona'] / row['lora']:.3f}× |")
+    lines += ["", f"## Per layer: Kronecker matmul, {results['layers_tokens']} tokens, forward, fp32 (median of repeats)", "",
+              "| layer | factors | order | KronA ms | w1-first | w2-first | its 2 GEMMs | KronA / GEMMs | materialised | LoRA r4 | MFLOP KronA | MFLOP LoRA r4 |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["layers"]:
+        lines.append(f"| {r['shape']} | {r['factors']} | {r['order']} | {r['kron_ms']:.3f} | {r['w1_first_ms']:.3f} | "
+                     f"{r['w2_first_ms']:.3f} | {r['gemms_ms']:.3f} | {r['kron_ms'] / r['gemms_ms']:.2f}× | {r['materialised_ms']:.3f} | "
+                     f"{r['lora_r4_ms']:.3f} | {r['kron_mflops']:.1f} | {r['lora_mflops']:.1f} |")
+    for base, by_latent in results["training"].items():
+        for latent, configs in by_latent.items():
+            floor = configs["no adapter"]["time"]["median"]
+            lora = configs["PEFT LoRA r4"]
+            lines += ["", f"## Training step: {base} UNet, latent {latent}×{latent}, fp32, batch 1 "
+                      f"(median [min, max] of {len(results['rounds'])} interleaved rounds)", "",
+                      "| adapter | params | file | step s | vs LoRA r4 | vs floor | overhead s | peak MiB | peak vs LoRA r4 |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, c in configs.items():
+                t = c["time"]
+                size = f"{c.get('file_bytes', 0) / 2**20:.2f} MiB" if c.get("file_bytes") else "–"
+                lines.append(f"| {name} | {c['params']:,} | {size} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | "
+                             f"{ratio(t['median'], lora['time']['median'])} | {ratio(t['median'], floor)} | {t['median'] - floor:+.3f} | "
+                             f"{c['peak_bytes'] / 2**20:.1f} | {ratio(c['peak_bytes'], lora['peak_bytes'])} |")
+    if results.get("comfy"):
+        c = results["comfy"]
+        lines += ["", f"## ComfyUI: patching a {c['base']}-size file ({c['modules']} attention modules) on CPU", "",
+                  "| case | patch s (median [min, max]) | vs LoraLoader same file |", "|---|---:|---:|"]
+        ref = c["patch"]["LoraLoader, same KronA file"]["median"]
+        for name, t in c["patch"].items():
+            lines.append(f"| {name} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {ratio(t['median'], ref)} |")
+        merged, bypass = c["forward"]["merged"]["median"], c["forward"]["bypass"]["median"]
+        lines += ["", f"Sampling step (one diffusion-model forward, latent {c['latent']}×{c['latent']}): merged {merged:.3f} s, "
+                  f"bypass {bypass:.3f} s → bypass overhead {100 * (bypass / merged - 1):+.1f}%."]
+    text = "\n".join(lines) + "\n"
+    out.write_text(text, encoding="utf-8")
+    return text
+
+
+def plot(results: dict, path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    panels = [(base, latent, configs) for base, by in results["training"].items() for latent, configs in by.items()]
+    width, row_h = 760, 24
+    height = 40 + sum(40 + row_h * len(c) for _, _, c in panels)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((10, 10), "training step time relative to PEFT LoRA r4 (1.0 = LoRA)", fill="black", font=font)
+    y = 40
+    for base, latent, configs in panels:
+        draw.text((10, y), f"{base}, latent {latent}×{latent}", fill="black", font=font)
+        y += 20
+        ref = configs["PEFT LoRA r4"]["time"]["median"]
+        scale = (width - 260) / max(c["time"]["median"] / ref for c in configs.values()) / 1.05
+        for name, c in configs.items():
+            value = c["time"]["median"] / ref
+            color = (25, 80, 170) if name.startswith("KronA") else (150, 150, 150)
+            draw.text((10, y + 4), name, fill="black", font=font)
+            draw.rectangle([200, y + 3, 200 + value * scale, y + row_h - 5], fill=color)
+            draw.text((205 + value * scale, y + 4), f"{value:.3f}", fill="black", font=font)
+            y += row_h
+        x = 200 + scale
+        draw.line([(x, y - row_h * len(configs)), (x, y)], fill=(200, 60, 60))
+        y += 20
+    image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny UNet, one round: exercise every code path only")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bases", default="sd1,sdxl")
+    parser.add_argument("--latents", default=None, help="comma-separated latent sizes (default 32,64 on CPU, 64,128 on GPU)")
+    parser.add_argument("--out", default=str(ROOT / "bench"))
+    args = parser.parse_args(argv)
+    from diffusers import UNet2DConditionModel  # noqa: F401  (before ComfyUI's path: see below)
+
+    if os.environ.get("COMFYUI_PATH"):
+        CONFIGS["ComfyUI trainer LoKr"] = lambda u: comfy_lokr(u)
+        sys.path.insert(0, os.environ["COMFYUI_PATH"])
+        try:
+            import torchvision  # noqa: F401
+        except Exception:
+            sys.path.insert(1, str(ROOT / "tests" / "host_stubs"))  # ComfyUI imports it in families SD never uses
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    import diffusers
+    import lycoris  # noqa: F401
+    import peft
+    from importlib.metadata import version
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds = 1 if args.quick else args.rounds
+    latents = [int(v) for v in args.latents.split(",")] if args.latents else ([8] if args.quick else [32, 64])
+    results: dict = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                              "cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+                              "diffusers": diffusers.__version__, "peft": peft.__version__, "lycoris": version("lycoris-lora")},
+                     "rounds": list(range(rounds))}
+    results["params"] = [vars(unet_counts(b)) for b in ("sd1", "sd2", "sdxl")]
+    results["layers_tokens"] = 256 if args.quick else 4096
+    results["layers"] = bench_layers(results["layers_tokens"], 3 if args.quick else 15)
+    results["training"] = {}
+    for base in args.bases.split(","):
+        unet = None
+        if args.quick:
+            unet = build_unet(base, device="cpu", block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                              attention_head_dim=4, transformer_layers_per_block=1,
+                              **({"projection_class_embeddings_input_dim": 8 + 6 * 8, "addition_time_embed_dim": 8,
+                                  "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                                  "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")} if base == "sdxl" else
+                                 {"down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}))
+        print(f"training steps on {base} …", flush=True)
+        results["training"][base] = bench_training(base, latents, rounds, unet)
+        del unet
+        gc.collect()
+    if os.environ.get("COMFYUI_PATH"):
+        print("ComfyUI patch times …", flush=True)
+        results["comfy"] = bench_comfy(rounds, args.quick)
+    suffix = "-quick" if args.quick else ""
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    text = write_report(results, out / f"RESULTS{suffix}.md", args.quick)
+    plot(results, out / f"step-times{suffix}.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The benchmark runner's code paths (quick mode on a tiny UNet): it must run and write its report.
+Nothing about time is asserted here; the numbers live in bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_writes_a_report(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "krona_core", "bench", "--quick", "--bases", "sd1", "--out", str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "RESULTS-quick.md").read_text()
+    for heading in ("Trainable parameters", "Per layer: Kronecker matmul", "Training step: sd1 UNet"):
+        assert heading in report
+    for config in ("KronA (64, 8) efficient", "KronA (64, 8) materialised", "LyCORIS LoKr bypass", "PEFT LoRA r4", "no adapter"):
+        assert f"| {config} |" in report
+    assert "| sd1 | 128 | 248,176 | 797,184 |" in report
+    assert (tmp_path / "step-times-quick.png").stat().st_size > 1000
