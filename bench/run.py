@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from krona_core import attach  # noqa: E402
 from krona_core.configs import build_unet  # noqa: E402
 from krona_core.counts import unet_counts  # noqa: E402
-from krona_core.kron import KronShape, choose_order, choose_shape, kron_flops, kron_linear, lora_flops, materialise  # noqa: E402
+from krona_core.kron import choose_order, choose_shape, kron_flops, kron_linear_add, lora_flops, materialise  # noqa: E402
 from krona_core.targets import select  # noqa: E402
 
 ATTN_GLOBS = ["*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0",
@@ -218,20 +218,42 @@ def make_step(unet, inputs: dict, params: list[torch.nn.Parameter]) -> Callable[
     return step
 
 
-def peak_memory(step: Callable[[], None]) -> int:
-    """Peak bytes allocated by tensors during one step (torch profiler, CPU): the activations,
-    gradients and optimizer state of the step, excluding the frozen base's weights."""
-    from torch.profiler import ProfilerActivity, profile
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+
+def peak_memory(step: Callable[[], None]) -> int:
+    """Peak resident memory the step adds (activations, gradients, optimizer state), excluding
+    the frozen base: freed memory is handed back to the OS first (malloc_trim), then a thread
+    samples the resident size every millisecond while the step runs. Linux only; 0 elsewhere."""
+    import ctypes
+    import threading
+
+    if not os.path.exists("/proc/self/statm"):
+        return 0
     gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    start = _rss()
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
         step()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
-    current = peak = 0
-    for event in events:
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0] - start, 0)
 
 
 def bench_training(base: str, latents: list[int], rounds: int, unet=None, log=print) -> dict:
@@ -276,35 +298,41 @@ def repeat(fn: Callable[[], object], reps: int) -> float:
 
 
 def bench_layers(tokens: int, reps: int) -> list[dict]:
+    """Per layer, forward, as the adapter runs it: base output + ΔW·x.
+
+    "its 2 GEMMs" is the lower bound of the w2-first order: the two GEMMs on operands already in
+    the layout they need, plus a contiguous add — what KronA costs with zero layout overhead.
+    """
     rows = []
     for out_f, in_f in LAYER_SHAPES:
         shape = choose_shape((out_f, in_f), 64, 8)
         a1, a2, b1, b2 = shape.a1, shape.a2, shape.b1, shape.b2
         g = torch.Generator().manual_seed(0)
         x = torch.randn(tokens, in_f, generator=g)
+        base = torch.randn(tokens, out_f, generator=g)
         w1, w2 = torch.randn(a1, a2, generator=g), torch.randn(b1, b2, generator=g)
         up, down = torch.randn(out_f, 4, generator=g), torch.randn(4, in_f, generator=g)
-        order = choose_order(shape)
-        # the two GEMMs of the chosen order on ready-made operands (what a zero-overhead version costs)
-        if order == "w2_first":
-            lhs1, rhs1 = x.reshape(tokens * a2, b2), w2.t()
-            mid = (lhs1 @ rhs1).reshape(tokens, a2, b1)
-            gemms = lambda: (lhs1 @ rhs1, torch.matmul(w1, mid))  # noqa: E731
-        else:
-            xs = x.reshape(tokens, a2, b2)
-            mid = torch.matmul(w1, xs).reshape(tokens * a1, b2)
-            gemms = lambda: (torch.matmul(w1, xs), mid @ w2.t())  # noqa: E731
-        row = {
-            "shape": f"{out_f}×{in_f}", "factors": f"{a1}×{a2} ⊗ {b1}×{b2}", "order": order,
-            "kron_ms": repeat(lambda: kron_linear(x, w1, w2), reps) * 1e3,
-            "w1_first_ms": repeat(lambda: kron_linear(x, w1, w2, "w1_first"), reps) * 1e3,
-            "w2_first_ms": repeat(lambda: kron_linear(x, w1, w2, "w2_first"), reps) * 1e3,
-            "gemms_ms": repeat(gemms, reps) * 1e3,
-            "materialised_ms": repeat(lambda: x @ materialise(w1, w2).t(), reps) * 1e3,
-            "lora_r4_ms": repeat(lambda: (x @ down.t()) @ up.t(), reps) * 1e3,
-            "kron_mflops": kron_flops(shape, tokens) / 1e6,
-            "lora_mflops": lora_flops((out_f, in_f), 4, tokens) / 1e6,
-        }
+        lhs1 = x.reshape(tokens * a2, b2)
+        mid = (lhs1 @ w2.t()).reshape(tokens, a2, b1).transpose(1, 2).contiguous().reshape(tokens * b1, a2)
+        ready = torch.randn(tokens, out_f, generator=g)  # stands for a GEMM result already in (N, out) layout
+
+        def gemms() -> torch.Tensor:
+            lhs1 @ w2.t()
+            mid @ w1.t()
+            return base + ready
+
+        with torch.no_grad():
+            row = {
+                "shape": f"{out_f}×{in_f}", "factors": f"{a1}×{a2} ⊗ {b1}×{b2}", "order": choose_order(shape),
+                "kron_ms": repeat(lambda: kron_linear_add(base, x, w1, w2), reps) * 1e3,
+                "w1_first_ms": repeat(lambda: kron_linear_add(base, x, w1, w2, order="w1_first"), reps) * 1e3,
+                "w2_first_ms": repeat(lambda: kron_linear_add(base, x, w1, w2, order="w2_first"), reps) * 1e3,
+                "gemms_ms": repeat(gemms, reps) * 1e3,
+                "materialised_ms": repeat(lambda: base + x @ materialise(w1, w2).t(), reps) * 1e3,
+                "lora_r4_ms": repeat(lambda: base + (x @ down.t()) @ up.t(), reps) * 1e3,
+                "kron_mflops": kron_flops(shape, tokens) / 1e6,
+                "lora_mflops": lora_flops((out_f, in_f), 4, tokens) / 1e6,
+            }
         rows.append(row)
     return rows
 
@@ -433,7 +461,7 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
               "| base | layers | KronA (64, 8) | LoRA r4 | KronA / LoRA |", "|---|---:|---:|---:|---:|"]
     for row in results["params"]:
         lines.append(f"| {row['base']} | {row['layers']} | {row['krona']:,} | {row['lora']:,} | {row['krona'] / row['lora']:.3f}× |")
-    lines += ["", f"## Per layer: Kronecker matmul, {results['layers_tokens']} tokens, forward, fp32 (median of repeats)", "",
+    lines += ["", f"## Per layer: base output + ΔW·x, {results['layers_tokens']} tokens, forward, fp32 (median of repeats)", "",
               "| layer | factors | order | KronA ms | w1-first | w2-first | its 2 GEMMs | KronA / GEMMs | materialised | LoRA r4 | MFLOP KronA | MFLOP LoRA r4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["layers"]:
@@ -505,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="sd1,sdxl")
     parser.add_argument("--latents", default=None, help="comma-separated latent sizes (default 32,64 on CPU, 64,128 on GPU)")
     parser.add_argument("--out", default=str(ROOT / "bench"))
+    parser.add_argument("--only", default=None, help="comma-separated sections to re-run (params, layers, training, comfy); "
+                        "the others are kept from the existing results JSON")
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else {"params", "layers", "training", "comfy"}
     from diffusers import UNet2DConditionModel  # noqa: F401  (before ComfyUI's path: see below)
 
     if os.environ.get("COMFYUI_PATH"):
@@ -526,17 +557,24 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rounds = 1 if args.quick else args.rounds
+    suffix = "-quick" if args.quick else ""
     latents = [int(v) for v in args.latents.split(",")] if args.latents else ([8] if args.quick else [32, 64])
+    previous = out / f"results{suffix}.json"
+    kept = json.loads(previous.read_text()) if args.only and previous.is_file() else {}
     results: dict = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                               "cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
                               "diffusers": diffusers.__version__, "peft": peft.__version__, "lycoris": version("lycoris-lora")},
                      "rounds": list(range(rounds))}
-    results["params"] = [vars(unet_counts(b)) for b in ("sd1", "sd2", "sdxl")]
-    results["layers_tokens"] = 256 if args.quick else 4096
-    results["layers"] = bench_layers(results["layers_tokens"], 3 if args.quick else 15)
-    results["training"] = {}
-    for base in args.bases.split(","):
+    results.update({k: v for k, v in kept.items() if k not in ("meta",)})
+    if "params" in only:
+        results["params"] = [vars(unet_counts(b)) for b in ("sd1", "sd2", "sdxl")]
+    if "layers" in only:
+        results["layers_tokens"] = 256 if args.quick else 4096
+        results["layers"] = bench_layers(results["layers_tokens"], 3 if args.quick else 15)
+    if "training" in only:
+        results["training"] = {}
+    for base in (args.bases.split(",") if "training" in only else []):
         unet = None
         if args.quick:
             unet = build_unet(base, device="cpu", block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
@@ -550,10 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         results["training"][base] = bench_training(base, latents, rounds, unet)
         del unet
         gc.collect()
-    if os.environ.get("COMFYUI_PATH"):
+        (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))  # partial results survive
+    if os.environ.get("COMFYUI_PATH") and "comfy" in only:
         print("ComfyUI patch times …", flush=True)
         results["comfy"] = bench_comfy(rounds, args.quick)
-    suffix = "-quick" if args.quick else ""
     (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     text = write_report(results, out / f"RESULTS{suffix}.md", args.quick)
     plot(results, out / f"step-times{suffix}.png")

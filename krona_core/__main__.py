@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(bench_args: list[str]) -> int:
     """Run bench/run.py of this checkout (the benchmarks compare against test-only peers)."""
     import runpy
     from pathlib import Path
@@ -72,7 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("error: bench/run.py not found: run the benchmarks from a checkout of the repository", file=sys.stderr)
         return 2
     module = runpy.run_path(str(script), run_name="krona_bench")
-    return module["main"](args.bench_args)
+    return module["main"](bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against LoRA/LoKr peers (bench/run.py; --quick for a smoke run)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench/run.py, e.g. --quick")
-    bench.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file")
     info.add_argument("file")
@@ -113,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to bench/run.py
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     from .convert import ConvertError
     from .keymap import KeyMapError

@@ -315,8 +315,10 @@ def _kron_linear_parts(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, orde
     order = order or choose_order(KronShape(a1, a2, b1, b2))
     x2 = x.reshape(-1, a2 * b2)
     if order == "w2_first":
-        t = (x2.reshape(-1, b2) @ w2.t()).reshape(-1, a2, b1)
-        return torch.matmul(t.transpose(1, 2), w1.t()).transpose(1, 2)
+        n = x2.shape[0]
+        t = (x2.reshape(n * a2, b2) @ w2.t()).reshape(n, a2, b1)
+        t_t = t.transpose(1, 2).contiguous()  # (N, b1, a2): small; keeps the next product one GEMM in every grad mode
+        return (t_t.reshape(n * b1, a2) @ w1.t()).reshape(n, b1, a1).transpose(1, 2)
     return torch.matmul(torch.matmul(w1, x2.reshape(-1, a2, b2)), w2.t())
 
 

@@ -18,7 +18,7 @@ def test_quick_bench_writes_a_report(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "RESULTS-quick.md").read_text()
-    for heading in ("Trainable parameters", "Per layer: Kronecker matmul", "Training step: sd1 UNet"):
+    for heading in ("Trainable parameters", "Per layer: base output + ΔW·x", "Training step: sd1 UNet"):
         assert heading in report
     for config in ("KronA (64, 8) efficient", "KronA (64, 8) materialised", "LyCORIS LoKr bypass", "PEFT LoRA r4", "no adapter"):
         assert f"| {config} |" in report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -179,3 +180,24 @@ def test_config_validation():
         TrainConfig(checkpoint_every=5).validate()
     with pytest.raises(ValueError, match="learning rate"):
         TrainConfig(lr=float("nan")).validate()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    pipe = build_tiny_pipeline(0)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        unet = copy.deepcopy(pipe.unet)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+            unet.train()
+        handle = krona_core.attach(unet, a1=4, a2=4, seed=0)
+        with torch.no_grad():
+            for _, adapter in handle.items():
+                adapter.w2.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        cond = pipe.encode_prompt(["sks toy", "sks toy"])
+        out = unet(latents, torch.tensor([10, 600]), cond).sample
+        out.square().mean().backward()
+        grads.append([p.grad.clone() for p in handle.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
