@@ -292,16 +292,24 @@ def bench_training(base: str, latents: list[int], rounds: int, unet=None, log=pr
 LAYER_SHAPES = [(320, 320), (640, 640), (1280, 1280), (320, 768), (1280, 2048)]
 
 
-def repeat(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    return statistics.median(timed(fn) for _ in range(reps))
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin so that the machine's slow spells
+    (frequent on shared CPUs) fall on every case alike instead of on whichever ran then."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, kernels' first-call setup
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_layers(tokens: int, reps: int) -> list[dict]:
-    """Per layer, forward, as the adapter runs it: base output + ΔW·x.
+    """Per layer, as the adapter runs it: base output + ΔW·x, forward and forward + backward.
 
-    "its 2 GEMMs" is the lower bound of the w2-first order: the two GEMMs on operands already in
-    the layout they need, plus a contiguous add — what KronA costs with zero layout overhead.
+    "its 2 GEMMs" is the lower bound of the w2-first order: the same two products on operands
+    that need no layout change (the result is wrong, the work is not), plus the add — what
+    KronA would cost with zero reshape/transpose/copy overhead.
     """
     rows = []
     for out_f, in_f in LAYER_SHAPES:
@@ -310,29 +318,30 @@ def bench_layers(tokens: int, reps: int) -> list[dict]:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(tokens, in_f, generator=g)
         base = torch.randn(tokens, out_f, generator=g)
-        w1, w2 = torch.randn(a1, a2, generator=g), torch.randn(b1, b2, generator=g)
-        up, down = torch.randn(out_f, 4, generator=g), torch.randn(4, in_f, generator=g)
-        lhs1 = x.reshape(tokens * a2, b2)
-        mid = (lhs1 @ w2.t()).reshape(tokens, a2, b1).transpose(1, 2).contiguous().reshape(tokens * b1, a2)
-        ready = torch.randn(tokens, out_f, generator=g)  # stands for a GEMM result already in (N, out) layout
+        grad_out = torch.randn(tokens, out_f, generator=g)
+        w1 = torch.randn(a1, a2, generator=g).requires_grad_()
+        w2 = torch.randn(b1, b2, generator=g).requires_grad_()
+        up = torch.randn(out_f, 4, generator=g).requires_grad_()
+        down = torch.randn(4, in_f, generator=g).requires_grad_()
 
         def gemms() -> torch.Tensor:
-            lhs1 @ w2.t()
-            mid @ w1.t()
-            return base + ready
+            t = x.reshape(tokens * a2, b2) @ w2.t()
+            return base + (t.reshape(tokens * b1, a2) @ w1.t()).reshape(tokens, out_f)
 
+        cases: dict[str, Callable[[], torch.Tensor]] = {
+            "kron": lambda: kron_linear_add(base, x, w1, w2),
+            "w1_first": lambda: kron_linear_add(base, x, w1, w2, order="w1_first"),
+            "w2_first": lambda: kron_linear_add(base, x, w1, w2, order="w2_first"),
+            "gemms": gemms,
+            "materialised": lambda: base + x @ materialise(w1, w2).t(),
+            "lora_r4": lambda: base + (x @ down.t()) @ up.t(),
+        }
+        row = {"shape": f"{out_f}×{in_f}", "factors": f"{a1}×{a2} ⊗ {b1}×{b2}", "order": choose_order(shape),
+               "kron_mflops": kron_flops(shape, tokens) / 1e6, "lora_mflops": lora_flops((out_f, in_f), 4, tokens) / 1e6}
         with torch.no_grad():
-            row = {
-                "shape": f"{out_f}×{in_f}", "factors": f"{a1}×{a2} ⊗ {b1}×{b2}", "order": choose_order(shape),
-                "kron_ms": repeat(lambda: kron_linear_add(base, x, w1, w2), reps) * 1e3,
-                "w1_first_ms": repeat(lambda: kron_linear_add(base, x, w1, w2, order="w1_first"), reps) * 1e3,
-                "w2_first_ms": repeat(lambda: kron_linear_add(base, x, w1, w2, order="w2_first"), reps) * 1e3,
-                "gemms_ms": repeat(gemms, reps) * 1e3,
-                "materialised_ms": repeat(lambda: base + x @ materialise(w1, w2).t(), reps) * 1e3,
-                "lora_r4_ms": repeat(lambda: base + (x @ down.t()) @ up.t(), reps) * 1e3,
-                "kron_mflops": kron_flops(shape, tokens) / 1e6,
-                "lora_mflops": lora_flops((out_f, in_f), 4, tokens) / 1e6,
-            }
+            row.update({f"{name}_ms": t * 1e3 for name, t in interleaved_medians(cases, reps).items()})
+        training = {name: (lambda fn=fn: fn().backward(grad_out)) for name, fn in cases.items()}
+        row.update({f"{name}_train_ms": t * 1e3 for name, t in interleaved_medians(training, reps).items()})
         rows.append(row)
     return rows
 
@@ -461,13 +470,20 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
               "| base | layers | KronA (64, 8) | LoRA r4 | KronA / LoRA |", "|---|---:|---:|---:|---:|"]
     for row in results["params"]:
         lines.append(f"| {row['base']} | {row['layers']} | {row['krona']:,} | {row['lora']:,} | {row['krona'] / row['lora']:.3f}× |")
-    lines += ["", f"## Per layer: base output + ΔW·x, {results['layers_tokens']} tokens, forward, fp32 (median of repeats)", "",
-              "| layer | factors | order | KronA ms | w1-first | w2-first | its 2 GEMMs | KronA / GEMMs | materialised | LoRA r4 | MFLOP KronA | MFLOP LoRA r4 |",
+    lines += ["", f"## Per layer: base output + ΔW·x, {results['layers_tokens']} tokens, fp32 (median of repeats)", "",
+              "Each cell: forward ms / forward + backward ms. \"its 2 GEMMs\" is the zero-overhead lower bound "
+              "(the same two products on operands that need no layout change).", "",
+              "| layer | factors | order | KronA | w1-first | w2-first | its 2 GEMMs | KronA / GEMMs | materialised | LoRA r4 | MFLOP KronA | MFLOP LoRA r4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(r: dict, name: str) -> str:
+        return f"{r[name + '_ms']:.3f} / {r[name + '_train_ms']:.3f}"
+
     for r in results["layers"]:
-        lines.append(f"| {r['shape']} | {r['factors']} | {r['order']} | {r['kron_ms']:.3f} | {r['w1_first_ms']:.3f} | "
-                     f"{r['w2_first_ms']:.3f} | {r['gemms_ms']:.3f} | {r['kron_ms'] / r['gemms_ms']:.2f}× | {r['materialised_ms']:.3f} | "
-                     f"{r['lora_r4_ms']:.3f} | {r['kron_mflops']:.1f} | {r['lora_mflops']:.1f} |")
+        vs_gemms = f"{r['kron_ms'] / r['gemms_ms']:.2f}× / {r['kron_train_ms'] / r['gemms_train_ms']:.2f}×"
+        lines.append(f"| {r['shape']} | {r['factors']} | {r['order']} | {cell(r, 'kron')} | {cell(r, 'w1_first')} | "
+                     f"{cell(r, 'w2_first')} | {cell(r, 'gemms')} | {vs_gemms} | {cell(r, 'materialised')} | "
+                     f"{cell(r, 'lora_r4')} | {r['kron_mflops']:.1f} | {r['lora_mflops']:.1f} |")
     for base, by_latent in results["training"].items():
         for latent, configs in by_latent.items():
             floor = configs["no adapter"]["time"]["median"]
@@ -571,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         results["params"] = [vars(unet_counts(b)) for b in ("sd1", "sd2", "sdxl")]
     if "layers" in only:
         results["layers_tokens"] = 256 if args.quick else 4096
-        results["layers"] = bench_layers(results["layers_tokens"], 3 if args.quick else 15)
+        results["layers"] = bench_layers(results["layers_tokens"], 3 if args.quick else 30)
     if "training" in only:
         results["training"] = {}
     for base in (args.bases.split(",") if "training" in only else []):
