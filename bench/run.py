@@ -19,7 +19,6 @@ import contextlib
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -420,7 +419,8 @@ def bench_comfy(rounds: int, quick: bool, log=print) -> dict:
     def loraloader(sd):
         return comfy.sd.load_lora_for_models(patcher, None, sd, 1.0, 0.0)[0]
 
-    cases = {"Apply KronA (merge)": lambda: ours(False), "LoraLoader, same KronA file": lambda: loraloader(lokr_sd),
+    cases = {"Apply KronA (merge)": lambda: ours(False), "Apply KronA (bypass)": lambda: ours(True),
+             "LoraLoader, same KronA file": lambda: loraloader(lokr_sd),
              "LoraLoader, LoRA r4 same layers": lambda: loraloader(lora_sd)}
     patch_times: dict[str, list[float]] = {k: [] for k in cases}
     for round_index in range(rounds + 1):
@@ -460,6 +460,52 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}×" if b else "–"
 
 
+KRONA, LORA, FLOOR = "KronA (64, 8) efficient", "PEFT LoRA r4", "no adapter"
+
+
+def targets(results: dict) -> list[tuple[str, str, bool, str]]:
+    """(target, measured, met, why-if-missed) for each target of the benchmark issue."""
+    rows = []
+    noise = ("within this CPU's run-to-run spread: the rounds' [min, max] of KronA and LoRA overlap, so the "
+             "order of the medians is not a property of the code; a quieter machine or more rounds decides it")
+    for base, by_latent in results.get("training", {}).items():
+        for latent, c in by_latent.items():
+            k, lo, fl = c[KRONA], c[LORA], c[FLOOR]
+            overlap = k["time"]["min"] <= lo["time"]["max"]
+            value = k["time"]["median"] / lo["time"]["median"]
+            rows.append((f"{base} {latent}×{latent}: step ≤ 1.00× LoRA r4", f"{value:.3f}×", value <= 1.0,
+                         noise if overlap else "the Kronecker product's two small GEMMs per layer cost more than "
+                         "LoRA's two thin ones at this size (see the per-layer table)"))
+            over = k["time"]["median"] - fl["time"]["median"]
+            for peer, limit in (("LyCORIS LoKr", 0.25), ("LyCORIS LoKr bypass", 1.0)):
+                peer_over = c[peer]["time"]["median"] - fl["time"]["median"]
+                value = over / peer_over if peer_over > 0 else float("inf")
+                rows.append((f"{base} {latent}×{latent}: overhead ≤ {limit}× {peer}'s", f"{value:.2f}× ({over:+.3f} s vs {peer_over:+.3f} s)",
+                             value <= limit, "the overheads are differences of two noisy medians; at this size they are "
+                             "a few percent of the step, so the ratio swings with the floor's spread"))
+            value = k["peak_bytes"] / lo["peak_bytes"]
+            rows.append((f"{base} {latent}×{latent}: peak memory ≤ 1.0× LoRA r4", f"{value:.3f}×", value <= 1.0,
+                         "the batched w1 product keeps its (tokens, a1, b1) input for backward, one activation-sized "
+                         "tensor per layer more than LoRA's rank-4 intermediate"))
+    for r in results.get("layers", []):
+        fwd, train = r["kron_ms"] / r["gemms_ms"], r["kron_train_ms"] / r["gemms_train_ms"]
+        rows.append((f"layer {r['shape']}: ≤ 1.1× its 2 GEMMs", f"{fwd:.2f}× fwd, {train:.2f}× fwd+bwd", max(fwd, train) <= 1.1,
+                     "the lower bound's second GEMM is one call on (tokens·b1, a2); the real layout needs it per token "
+                     "(batched, w1 broadcast), and with b1 = 5 or 10 columns those small products run below peak"))
+    for row in results.get("params", []):
+        rows.append((f"{row['base']}: parameters reported vs LoRA r4", f"{row['krona']:,} vs {row['lora']:,}", True, ""))
+    if results.get("comfy"):
+        c = results["comfy"]
+        ref = c["patch"]["LoraLoader, same KronA file"]
+        value = c["patch"]["Apply KronA (merge)"]["median"] / ref["median"]
+        rows.append(("Apply KronA (merge) ≤ 1.0× LoraLoader, same file", f"{value:.3f}×", value <= 1.0, noise.replace("KronA and LoRA", "both")))
+        merged, bypass = c["forward"]["merged"]["median"], c["forward"]["bypass"]["median"]
+        value = 100 * (bypass / merged - 1)
+        rows.append(("bypass sampling overhead ≤ 5%", f"{value:+.1f}%", value <= 5.0,
+                     "bypass runs two extra small GEMMs per adapted layer and step, which merge pays once at patch time"))
+    return rows
+
+
 def write_report(results: dict, out: Path, quick: bool) -> str:
     lines = ["# Benchmarks: KronA vs LoRA / LoKr peers", ""]
     meta = results["meta"]
@@ -490,14 +536,15 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
             lora = configs["PEFT LoRA r4"]
             lines += ["", f"## Training step: {base} UNet, latent {latent}×{latent}, fp32, batch 1 "
                       f"(median [min, max] of {len(results['rounds'])} interleaved rounds)", "",
-                      "| adapter | params | file | step s | vs LoRA r4 | vs floor | overhead s | peak MiB | peak vs LoRA r4 |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| adapter | params | file | step s | vs LoRA r4 | vs floor | overhead s | peak MiB | peak vs LoRA r4 | peak vs floor |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for name, c in configs.items():
                 t = c["time"]
                 size = f"{c.get('file_bytes', 0) / 2**20:.2f} MiB" if c.get("file_bytes") else "–"
                 lines.append(f"| {name} | {c['params']:,} | {size} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | "
                              f"{ratio(t['median'], lora['time']['median'])} | {ratio(t['median'], floor)} | {t['median'] - floor:+.3f} | "
-                             f"{c['peak_bytes'] / 2**20:.1f} | {ratio(c['peak_bytes'], lora['peak_bytes'])} |")
+                             f"{c['peak_bytes'] / 2**20:.1f} | {ratio(c['peak_bytes'], lora['peak_bytes'])} | "
+                             f"{ratio(c['peak_bytes'], configs['no adapter']['peak_bytes'])} |")
     if results.get("comfy"):
         c = results["comfy"]
         lines += ["", f"## ComfyUI: patching a {c['base']}-size file ({c['modules']} attention modules) on CPU", "",
@@ -508,6 +555,11 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
         merged, bypass = c["forward"]["merged"]["median"], c["forward"]["bypass"]["median"]
         lines += ["", f"Sampling step (one diffusion-model forward, latent {c['latent']}×{c['latent']}): merged {merged:.3f} s, "
                   f"bypass {bypass:.3f} s → bypass overhead {100 * (bypass / merged - 1):+.1f}%."]
+    lines += ["", "## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok, _why in targets(results)]
+    missed = [(t, why) for t, _m, ok, why in targets(results) if not ok]
+    if missed:
+        lines += ["", "Why the missed ones were missed:", ""] + [f"- *{t}*: {why}" for t, why in missed]
     text = "\n".join(lines) + "\n"
     out.write_text(text, encoding="utf-8")
     return text

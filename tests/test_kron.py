@@ -57,6 +57,37 @@ def test_linear_forward_and_grads_match_materialised(a1, a2, b1, b2, n, seed):
             assert rel_err(got, want) <= REL
 
 
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False), (False, True, False)])
+def test_w2_first_backward_with_strided_gradient_and_partial_needs(needs):
+    """The hand-written backward of the w2-first product: a transposed (strided) incoming gradient,
+    as attention hands back, and every subset of inputs that need a gradient."""
+    g = torch.Generator().manual_seed(3)
+    a1, a2, b1, b2, n = 8, 4, 5, 6, 7
+    x, w1, w2 = (torch.randn(*s, generator=g).requires_grad_(r)
+                 for s, r in (((n, a2 * b2), needs[0]), ((a1, a2), needs[1]), ((b1, b2), needs[2])))
+    upstream = torch.randn(a1 * b1, n, generator=g).t()  # non-contiguous
+    wanted = [t for t in (x, w1, w2) if t.requires_grad]
+    ref = torch.autograd.grad(x @ torch.kron(w1, w2).T, wanted, upstream)
+    got = torch.autograd.grad(kron_linear(x, w1, w2, "w2_first"), wanted, upstream)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) <= REL
+
+
+def test_w2_first_under_autocast_matches_within_its_precision():
+    g = torch.Generator().manual_seed(4)
+    w1 = torch.randn(16, 8, generator=g, requires_grad=True)
+    w2 = torch.randn(10, 20, generator=g, requires_grad=True)
+    x = torch.randn(3, 160, generator=g)
+    ref = x @ torch.kron(w1, w2).T
+    ref_grads = torch.autograd.grad(ref.sum(), (w1, w2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kron_linear(x, w1, w2, "w2_first")
+    grads = torch.autograd.grad(y.float().sum(), (w1, w2))
+    assert rel_err(y.float(), ref) <= 2e-2
+    for got, want in zip(grads, ref_grads):
+        assert rel_err(got, want) <= 2e-2
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     a1=st.sampled_from([1, 2, 3, 4]), a2=st.sampled_from([1, 2, 3]), b1=st.sampled_from([1, 2, 5]),

@@ -30,12 +30,9 @@ Only the standard library, numpy and Pillow are used here.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from .host_process import HOST_STUBS, HostError, HostProcess, HostRequestError, test_cache_dir, torchvision_importable
 
 __all__ = [
     "ComfyError",
@@ -62,24 +61,23 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-#: stand-in packages for the ComfyUI subprocess (torchvision)
-HOST_STUBS = Path(__file__).resolve().parent.parent / "host_stubs"
-
 #: model folders created under <base>/models (and mapped in the fallback yaml)
 MODEL_FOLDERS = (
     "checkpoints", "loras", "controlnet", "krona", "vae", "clip", "text_encoders",
     "diffusion_models", "unet", "embeddings", "upscale_models", "clip_vision",
 )
 
-_LOG_TAIL = 6000
 
-
-class ComfyError(RuntimeError):
+class ComfyError(HostError):
     """Base class of the errors raised by ComfyServer."""
 
 
 class ComfyStartupError(ComfyError):
     """ComfyUI exited or did not answer in time; the message carries the end of its log."""
+
+
+class ComfyRequestError(ComfyError, HostRequestError):
+    """An HTTP call answered with an error; ``.status`` and ``.body`` as sent."""
 
 
 class ComfyPromptError(ComfyError):
@@ -109,40 +107,6 @@ def comfyui_path_from_env() -> Optional[Path]:
     return Path(value).expanduser().resolve() if value else None
 
 
-_TORCHVISION_CACHE: Dict[str, bool] = {}
-
-
-def torchvision_importable(python: str = sys.executable) -> bool:
-    """Whether ``import torchvision`` succeeds in ``python`` (checked in a subprocess, cached)."""
-    if python not in _TORCHVISION_CACHE:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        try:
-            proc = subprocess.run(
-                [python, "-c", "import torchvision, torchvision.transforms"],
-                env=env, capture_output=True, timeout=300,
-            )
-            _TORCHVISION_CACHE[python] = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _TORCHVISION_CACHE[python] = False
-    return _TORCHVISION_CACHE[python]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _default_pycache_prefix() -> Path:
-    env = os.environ.get("KRONA_TEST_CACHE")
-    if env:
-        base = Path(env).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "comfyui-krona-tests"
-    return base / "pycache"
-
-
 def _format_node_errors(node_errors: Mapping[str, Any]) -> List[str]:
     lines = []
     for node_id, info in (node_errors or {}).items():
@@ -157,7 +121,7 @@ def _format_node_errors(node_errors: Mapping[str, Any]) -> List[str]:
     return lines
 
 
-class ComfyServer:
+class ComfyServer(HostProcess):
     """A headless ComfyUI subprocess with its own temporary base directory.
 
     Parameters
@@ -176,6 +140,13 @@ class ComfyServer:
     keep_dir: do not delete the temporary base directory on exit (for debugging).
     """
 
+    host_name = "ComfyUI"
+    error_class = ComfyError
+    startup_error_class = ComfyStartupError
+    request_error_class = ComfyRequestError
+    # ComfyUI handles Ctrl-C (KeyboardInterrupt -> cleanup); then TERM, then KILL
+    stop_signals = ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 10))
+
     def __init__(
         self,
         comfyui_path: Optional[PathLike] = None,
@@ -190,6 +161,7 @@ class ComfyServer:
         disable_api_nodes: bool = True,
         frontend_root: Optional[PathLike] = None,
     ):
+        super().__init__(startup_timeout, keep_dir, env)
         path = Path(comfyui_path).expanduser().resolve() if comfyui_path else comfyui_path_from_env()
         if path is None:
             raise ComfyStartupError("COMFYUI_PATH not set")
@@ -205,32 +177,17 @@ class ComfyServer:
         self._initial_models = {k: list(v) for k, v in (models or {}).items()}
         self._extra_model_paths = {k: [Path(p) for p in v] for k, v in (extra_model_paths or {}).items()}
         self.extra_args = list(extra_args)
-        self.extra_env = dict(env or {})
-        self.startup_timeout = startup_timeout
-        self.keep_dir = keep_dir
         self.python = python
         self.disable_api_nodes = disable_api_nodes
         self.frontend_root = Path(frontend_root) if frontend_root else None  # a real frontend (browser tests)
 
-        self.port: Optional[int] = None
-        self.host = "127.0.0.1"
-        self.proc: Optional[subprocess.Popen] = None
         self.client_id = uuid.uuid4().hex
-        self.root: Optional[Path] = None
         self.base_dir: Optional[Path] = None
         self.uses_base_directory: Optional[bool] = None
         self.uses_torchvision_stub: Optional[bool] = None
-        self._log_path: Optional[Path] = None
-        self._log_file = None
-        self._final_log: Optional[str] = None
         self._checkout_links: List[Path] = []
-        self.command: List[str] = []
 
     # ------------------------------------------------------------------ directories
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     @property
     def models_dir(self) -> Path:
         return self.base_dir / "models"
@@ -254,30 +211,6 @@ class ComfyServer:
     @property
     def custom_nodes_dir(self) -> Path:
         return self.base_dir / "custom_nodes"
-
-    def model_dir(self, folder: str) -> Path:
-        """``<base>/models/<folder>`` (created); the first search path ComfyUI has for it."""
-        d = self.models_dir / folder
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def add_model(self, folder: str, src: PathLike, name: Optional[str] = None, copy: bool = False) -> str:
-        """Make ``src`` visible to ComfyUI as ``<folder>/<name>``; returns the name to use in graphs.
-
-        Symlinked by default (large cached checkpoints), copied with ``copy=True``. Works before
-        and after start (ComfyUI rescans a folder when its mtime changes).
-        """
-        src = Path(src).resolve()
-        name = name or src.name
-        dst = self.model_dir(folder) / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        if copy:
-            shutil.copyfile(src, dst)
-        else:
-            dst.symlink_to(src)
-        return name
 
     def add_input(self, src: PathLike, name: Optional[str] = None) -> str:
         """Copy a file into ComfyUI's input folder (for LoadImage); returns its name."""
@@ -378,7 +311,7 @@ class ComfyServer:
             "PYTHONUNBUFFERED": "1",
             "PYTHONIOENCODING": "utf-8",
         })
-        env.setdefault("PYTHONPYCACHEPREFIX", str(_default_pycache_prefix()))
+        env.setdefault("PYTHONPYCACHEPREFIX", str(test_cache_dir() / "pycache"))
         self.uses_torchvision_stub = not torchvision_importable(self.python)
         if self.uses_torchvision_stub:
             old = env.get("PYTHONPATH", "")
@@ -386,85 +319,21 @@ class ComfyServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "ComfyServer":
-        """Start ComfyUI and wait until it answers; retries on a port clash."""
-        if self.proc is not None:
-            raise ComfyError("already started")
-        self._final_log = None
-        try:
-            self._prepare_dirs()
-            self.uses_base_directory = self._supports_base_directory()
-            self._link_custom_nodes()
-            env = self._build_env()
-        except BaseException:
-            self._cleanup_files()
-            raise
-        last_error: Optional[Exception] = None
-        for _attempt in range(3):
-            self.port = _free_port()
-            self.command = self._build_command()
-            self._log_file = open(self._log_path, "ab")
-            self._log_file.write(f"$ {' '.join(self.command)}\n".encode())
-            self._log_file.flush()
-            self.proc = subprocess.Popen(
-                self.command, cwd=str(self.root), env=env,
-                stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                self.wait_ready(self.startup_timeout)
-                return self
-            except BaseException as e:
-                if not isinstance(e, ComfyStartupError):
-                    self._stop_process()
-                    self._cleanup_files()
-                    raise
-                last_error = e
-                port_clash = "address already in use" in self.log_text().lower()
-                self._stop_process()
-                if not port_clash:
-                    break
-        self._cleanup_files()
-        raise last_error  # type: ignore[misc]
+    def _prepare(self) -> Dict[str, str]:
+        self._prepare_dirs()
+        self.uses_base_directory = self._supports_base_directory()
+        self._link_custom_nodes()
+        return self._build_env()
 
-    def wait_ready(self, timeout: Optional[float] = None) -> None:
-        """Poll ``GET /object_info`` until it answers 200 (raises ComfyStartupError)."""
-        timeout = self.startup_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise ComfyStartupError(f"ComfyUI exited (code {code}) before it was ready\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/object_info", timeout=30) as r:
-                    if r.status == 200:
-                        r.read()
-                        return
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise ComfyStartupError(f"ComfyUI did not answer /object_info within {timeout:.0f}s\n{self.log_tail()}")
-            time.sleep(0.25)
+    def _cwd(self) -> Path:
+        return self.root
 
-    def _stop_process(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            # ComfyUI handles Ctrl-C (KeyboardInterrupt -> cleanup); then TERM, then KILL
-            for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    proc.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/object_info", timeout=30) as r:
+            r.read()
+            return r.status == 200
 
-    def _cleanup_files(self) -> None:
+    def _remove_links(self) -> None:
         for link in self._checkout_links:
             try:
                 if link.is_symlink():
@@ -472,39 +341,8 @@ class ComfyServer:
             except OSError:
                 pass
         self._checkout_links = []
-        if self._log_path is not None and self._log_path.exists():
-            self._final_log = self._log_path.read_bytes().decode("utf-8", errors="replace")
-        if self.root is not None and not self.keep_dir:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def stop(self) -> None:
-        """Stop ComfyUI (SIGINT, then SIGTERM/SIGKILL) and remove the temporary folders."""
-        self._stop_process()
-        self._cleanup_files()
-
-    def __enter__(self) -> "ComfyServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # ------------------------------------------------------------------ logs
-    def log_text(self) -> str:
-        """Everything ComfyUI wrote to stdout/stderr so far (still available after stop())."""
-        if self._log_path is None or not self._log_path.exists():
-            return self._final_log or ""
-        if self._log_file is not None:
-            self._log_file.flush()
-        return self._log_path.read_bytes().decode("utf-8", errors="replace")
-
-    def log_tail(self, chars: int = _LOG_TAIL) -> str:
-        text = self.log_text()
-        return ("--- ComfyUI log (tail) ---\n" + text[-chars:]) if text else "(no ComfyUI output)"
-
     def import_failures(self) -> List[str]:
         """Custom-node / built-in modules that ComfyUI reported as "IMPORT FAILED"."""
         out = []
@@ -529,28 +367,6 @@ class ComfyServer:
         return failed
 
     # ------------------------------------------------------------------ HTTP
-    def _request(self, method: str, path: str, data: Any = None, timeout: float = 120.0):
-        body = None
-        headers = {}
-        if data is not None:
-            body = json.dumps(data).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
-        return urllib.request.urlopen(req, timeout=timeout)
-
-    def get_json(self, path: str, timeout: float = 120.0) -> Any:
-        with self._request("GET", path, timeout=timeout) as r:
-            return json.loads(r.read().decode("utf-8"))
-
-    def post_json(self, path: str, data: Any, timeout: float = 120.0) -> Any:
-        with self._request("POST", path, data, timeout=timeout) as r:
-            raw = r.read()
-            return json.loads(raw.decode("utf-8")) if raw else None
-
-    def get_bytes(self, path: str, timeout: float = 120.0) -> bytes:
-        with self._request("GET", path, timeout=timeout) as r:
-            return r.read()
-
     def object_info(self, node_class: Optional[str] = None) -> Dict[str, Any]:
         """``GET /object_info`` (all nodes) or ``/object_info/<node_class>`` (that node's entry)."""
         if node_class is None:
@@ -570,12 +386,10 @@ class ComfyServer:
             payload["extra_data"] = dict(extra_data)
         try:
             resp = self.post_json("/prompt", payload)
-        except urllib.error.HTTPError as e:
-            raw = e.read().decode("utf-8", errors="replace")
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise ComfyPromptError(f"POST /prompt failed: HTTP {e.code}: {raw[:2000]}") from None
+        except ComfyRequestError as e:
+            body = e.body
+            if not isinstance(body, dict):
+                raise ComfyPromptError(f"POST /prompt failed: HTTP {e.status}: {str(body)[:2000]}") from None
             error = body.get("error")
             node_errors = body.get("node_errors") or {}
             if isinstance(error, dict):

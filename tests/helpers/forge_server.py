@@ -43,12 +43,7 @@ import io
 import json
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,6 +51,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .host_process import HOST_STUBS, HostError, HostProcess, HostRequestError, HostStartupError, test_cache_dir, torchvision_importable
 
 __all__ = [
     "ForgeError",
@@ -72,9 +69,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 #: a file to link: a path (keeps its name) or ``(path, name)``
 ModelSpec = Union[PathLike, Tuple[PathLike, str]]
-
-#: stand-in packages (only torchvision is used for Forge)
-HOST_STUBS = Path(__file__).resolve().parent.parent / "host_stubs"
 
 #: folders created under <data>/models (Forge's names; "krona" for the KronA extension)
 MODEL_FOLDERS = ("Stable-diffusion", "Lora", "krona", "VAE", "ControlNet", "embeddings", "text_encoder")
@@ -107,27 +101,21 @@ TXT2IMG_DEFAULTS: Dict[str, Any] = {
     "save_images": False,
 }
 
-_LOG_TAIL = 6000
 _READY_PATH = "/sdapi/v1/sd-models"
 #: printed by webui.py after the app-started callbacks (both modes)
 _READY_LINE = "Startup time:"
 
 
-class ForgeError(RuntimeError):
+class ForgeError(HostError):
     """Base class of the errors raised by ForgeServer."""
 
 
-class ForgeStartupError(ForgeError):
+class ForgeStartupError(ForgeError, HostStartupError):
     """Forge exited or did not answer in time; the message carries the end of its log."""
 
 
-class ForgeRequestError(ForgeError):
+class ForgeRequestError(ForgeError, HostRequestError):
     """An API call answered with an HTTP error; ``.status`` and ``.body`` as sent."""
-
-    def __init__(self, message: str, status: int = 0, body: Any = None):
-        super().__init__(message)
-        self.status = status
-        self.body = body
 
 
 def forge_path_from_env() -> Optional[Path]:
@@ -149,46 +137,6 @@ def forge_python(forge_path: PathLike) -> Path:
         "(see docs or tests/helpers/forge_server.py)")
 
 
-_TORCHVISION_CACHE: Dict[str, bool] = {}
-
-
-def torchvision_importable(python: PathLike) -> bool:
-    """Whether the real torchvision imports in ``python`` (checked in a subprocess, cached)."""
-    key = str(python)
-    if key not in _TORCHVISION_CACHE:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        ok = False
-        try:
-            # cheap look first (no torch import): most often it is simply not installed
-            spec = subprocess.run([key, "-c", "import importlib.util as u, sys; "
-                                   "sys.exit(0 if u.find_spec('torchvision') else 1)"],
-                                  env=env, capture_output=True, timeout=120)
-            if spec.returncode == 0:
-                full = subprocess.run([key, "-c", "import torchvision, torchvision.transforms, torchvision.ops"],
-                                      env=env, capture_output=True, timeout=300)
-                ok = full.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        _TORCHVISION_CACHE[key] = ok
-    return _TORCHVISION_CACHE[key]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _default_pycache_prefix() -> Path:
-    env = os.environ.get("KRONA_TEST_CACHE")
-    if env:
-        base = Path(env).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "comfyui-krona-tests"
-    return base / "pycache-forge"
-
-
 def _model_specs(files: Union[Sequence[ModelSpec], Mapping[str, PathLike]]) -> List[Tuple[Path, Optional[str]]]:
     if isinstance(files, Mapping):  # {name: path}
         return [(Path(p), str(n)) for n, p in files.items()]
@@ -205,7 +153,7 @@ def _model_specs(files: Union[Sequence[ModelSpec], Mapping[str, PathLike]]) -> L
 _ERROR_HEAD = re.compile(r"^\*\*\* (.+?)\s*$")
 
 
-class ForgeServer:
+class ForgeServer(HostProcess):
     """A headless Forge subprocess with its own temporary data directory.
 
     Parameters
@@ -228,6 +176,13 @@ class ForgeServer:
         not import in Forge's interpreter).
     """
 
+    host_name = "Forge"
+    error_class = ForgeError
+    startup_error_class = ForgeStartupError
+    request_error_class = ForgeRequestError
+    request_timeout = 600.0
+    ready_poll_seconds = 0.5
+
     def __init__(
         self,
         forge_path: Optional[PathLike] = None,
@@ -241,6 +196,7 @@ class ForgeServer:
         keep_dir: bool = False,
         torchvision_stub: Optional[bool] = None,
     ):
+        super().__init__(startup_timeout, keep_dir, env)
         path = Path(forge_path).expanduser().resolve() if forge_path else forge_path_from_env()
         if path is None:
             raise ForgeStartupError("FORGE_PATH not set")
@@ -259,28 +215,11 @@ class ForgeServer:
         self._initial_models = {str(k): _model_specs(v) for k, v in (models or {}).items()}
         self.ui = ui
         self.extra_args = list(extra_args)
-        self.extra_env = dict(env or {})
-        self.startup_timeout = startup_timeout
-        self.keep_dir = keep_dir
         self.torchvision_stub = torchvision_stub
-
-        self.host = "127.0.0.1"
-        self.port: Optional[int] = None
-        self.proc: Optional[subprocess.Popen] = None
-        self.root: Optional[Path] = None
         self.data_dir: Optional[Path] = None
         self.uses_torchvision_stub: Optional[bool] = None
-        self.startup_seconds: Optional[float] = None
-        self.command: List[str] = []
-        self._log_path: Optional[Path] = None
-        self._log_file = None
-        self._final_log: Optional[str] = None
 
     # ------------------------------------------------------------------ directories
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
@@ -288,35 +227,6 @@ class ForgeServer:
     @property
     def extensions_dir(self) -> Path:
         return self.data_dir / "extensions"
-
-    @property
-    def log_path(self) -> Optional[Path]:
-        return self._log_path
-
-    def model_dir(self, folder: str) -> Path:
-        """``<data>/models/<folder>`` (created)."""
-        d = self.models_dir / folder
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def add_model(self, folder: str, src: PathLike, name: Optional[str] = None, copy: bool = False) -> str:
-        """Make ``src`` visible as ``<data>/models/<folder>/<name>``; returns the file name.
-
-        Symlinked by default, copied with ``copy=True``. After start, call ``refresh_loras()``
-        or ``refresh_checkpoints()`` so that Forge rescans.
-        """
-        src = Path(src).resolve()
-        if not src.exists():
-            raise FileNotFoundError(src)
-        name = name or src.name
-        dst = self.model_dir(folder) / name
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        if copy:
-            shutil.copyfile(src, dst)
-        else:
-            dst.symlink_to(src)
-        return name
 
     def add_extension(self, name: str, src: PathLike) -> Path:
         """Symlink ``src`` as ``<data>/extensions/<name>`` (before start: Forge lists them once)."""
@@ -375,7 +285,7 @@ class ForgeServer:
             "PYTHONIOENCODING": "utf-8",
             "PATH": str(self.python.parent) + os.pathsep + env.get("PATH", ""),
         })
-        env.setdefault("PYTHONPYCACHEPREFIX", str(_default_pycache_prefix()))
+        env.setdefault("PYTHONPYCACHEPREFIX", str(test_cache_dir() / "pycache-forge"))
         use_stub = self.torchvision_stub
         if use_stub is None:
             use_stub = not torchvision_importable(self.python)
@@ -389,131 +299,25 @@ class ForgeServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "ForgeServer":
-        """Start Forge and wait until its API answers; retries on a port clash."""
-        if self.proc is not None:
-            raise ForgeError("already started")
-        self._final_log = None
-        try:
-            self._prepare_dirs()
-            env = self._build_env()
-        except BaseException:
-            self._cleanup_files()
-            raise
-        last_error: Optional[Exception] = None
-        for _attempt in range(3):
-            self.port = _free_port()
-            self.command = self._build_command()
-            self._log_file = open(self._log_path, "ab")
-            self._log_file.write(f"$ {' '.join(self.command)}\n".encode())
-            self._log_file.flush()
-            t0 = time.monotonic()
-            self.proc = subprocess.Popen(
-                self.command, cwd=str(self.forge_path), env=env,
-                stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                self.wait_ready(self.startup_timeout)
-                self.startup_seconds = time.monotonic() - t0
-                return self
-            except BaseException as e:
-                if not isinstance(e, ForgeStartupError):
-                    self._stop_process()
-                    self._cleanup_files()
-                    raise
-                last_error = e
-                port_clash = "address already in use" in self.log_text().lower()
-                self._stop_process()
-                if not port_clash:
-                    break
-        self._cleanup_files()
-        raise last_error  # type: ignore[misc]
+    def _prepare(self) -> Dict[str, str]:
+        self._prepare_dirs()
+        return self._build_env()
 
-    def wait_ready(self, timeout: Optional[float] = None) -> None:
-        """Poll ``GET /sdapi/v1/sd-models`` until it answers 200 (raises ForgeStartupError).
+    def _cwd(self) -> Path:
+        return self.forge_path
+
+    def _ready(self) -> bool:
+        """``GET /sdapi/v1/sd-models`` answers 200 and the log has the "Startup time:" line.
 
         In UI mode Forge adds the API routes after gradio is up and runs the app-started
-        callbacks (which add extensions' routes, e.g. ``/sdapi/v1/loras``) after that, so this
-        also waits for the "Startup time:" line Forge prints once they have run.
+        callbacks (which add extensions' routes, e.g. ``/sdapi/v1/loras``) after that; the line
+        is printed once they have run.
         """
-        timeout = self.startup_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise ForgeStartupError(f"Forge exited (code {code}) before it was ready\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + _READY_PATH, timeout=30) as r:
-                    if r.status == 200:
-                        r.read()
-                        if _READY_LINE in self.log_text():
-                            return
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise ForgeStartupError(f"Forge did not answer {_READY_PATH} within {timeout:.0f}s\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def _stop_process(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            # the whole process group (start_new_session): TERM, then KILL
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        if proc is not None:
-            # children left in the group after the leader exited
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def _cleanup_files(self) -> None:
-        if self._log_path is not None and self._log_path.exists():
-            self._final_log = self._log_path.read_bytes().decode("utf-8", errors="replace")
-        if self.root is not None and not self.keep_dir:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def stop(self) -> None:
-        """Stop Forge (its process group) and remove the temporary folder (the log stays readable)."""
-        self._stop_process()
-        self._cleanup_files()
-
-    def __enter__(self) -> "ForgeServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        with urllib.request.urlopen(self.url + _READY_PATH, timeout=30) as r:
+            r.read()
+            return r.status == 200 and _READY_LINE in self.log_text()
 
     # ------------------------------------------------------------------ logs
-    def log_text(self) -> str:
-        """Everything Forge wrote to stdout/stderr so far (still available after stop())."""
-        if self._log_path is None or not self._log_path.exists():
-            return self._final_log or ""
-        if self._log_file is not None:
-            self._log_file.flush()
-        return self._log_path.read_bytes().decode("utf-8", errors="replace")
-
-    def log_tail(self, n: int = _LOG_TAIL) -> str:
-        """The last ``n`` characters of the log, with a header line (for assertion messages)."""
-        text = self.log_text()
-        return ("--- Forge log (tail) ---\n" + text[-n:]) if text else "(no Forge output)"
-
     def startup_errors(self, ignore_known: bool = False) -> List[Tuple[str, str]]:
         """Forge's reported errors: ``(title, block)`` for each ``*** <title>`` block in the log.
 
@@ -547,38 +351,6 @@ class ForgeServer:
                 if any(s in t or s in b for s in needles)]
 
     # ------------------------------------------------------------------ HTTP
-    def _request(self, method: str, path: str, data: Any = None, timeout: float = 600.0):
-        body = None
-        headers = {}
-        if data is not None:
-            body = json.dumps(data).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
-        try:
-            return urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            raw = e.read().decode("utf-8", errors="replace")
-            try:
-                parsed: Any = json.loads(raw)
-            except ValueError:
-                parsed = raw
-            raise ForgeRequestError(f"{method} {path}: HTTP {e.code}: {raw[:2000]}\n{self.log_tail(3000)}",
-                                    status=e.code, body=parsed) from None
-
-    def get_json(self, path: str, timeout: float = 600.0) -> Any:
-        with self._request("GET", path, timeout=timeout) as r:
-            raw = r.read()
-            return json.loads(raw.decode("utf-8")) if raw else None
-
-    def post_json(self, path: str, data: Any = None, timeout: float = 600.0) -> Any:
-        with self._request("POST", path, {} if data is None else data, timeout=timeout) as r:
-            raw = r.read()
-            return json.loads(raw.decode("utf-8")) if raw else None
-
-    def get_bytes(self, path: str, timeout: float = 600.0) -> bytes:
-        with self._request("GET", path, timeout=timeout) as r:
-            return r.read()
-
     def refresh_loras(self) -> None:
         """``POST /sdapi/v1/refresh-loras`` (after ``add_model("Lora", ...)``)."""
         self.post_json("/sdapi/v1/refresh-loras")
