@@ -84,7 +84,7 @@ class KronAAdapter(nn.Module):
         return y * self.strength if self.strength != 1.0 else y
 
     def add_to(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """output + strength · ΔW·x (the hook's hot path; linear layers fuse the layout change)."""
+        """output + strength · ΔW·x, the hook's hot path (linear layers fold the strength into w1)."""
         if self.kind == "linear" and self.mode == "efficient":
             w1 = self.w1.to(device=x.device, dtype=x.dtype)
             w2 = self.w2.to(device=x.device, dtype=x.dtype)
