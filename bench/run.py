@@ -44,9 +44,20 @@ ATTN_GLOBS = ["*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0",
               "*attn2.to_q", "*attn2.to_k", "*attn2.to_v", "*attn2.to_out.0"]
 
 
+#: where training steps and the per-layer bench run: CUDA when present (``--device`` overrides)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn: Callable[[], object]) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -87,6 +98,7 @@ def lycoris(unet, bypass: bool) -> Attached:
                           full_matrix=True, bypass_mode=bypass)
         with torch.no_grad():
             lokr.lokr_w2.normal_(0, 1e-3)
+        lokr.to(module.weight.device)
         lokr.apply_to()
         modules.append(lokr)
 
@@ -144,7 +156,7 @@ def comfy_lokr(unet) -> Attached:
     wrapped = []
     params = []
     for _, module in attn_modules(unet):
-        diff = LoKrAdapter.create_train(module.weight, rank=8)
+        diff = LoKrAdapter.create_train(module.weight, rank=8).to(module.weight.device)
         with torch.no_grad():
             diff.lokr_w1.normal_(0, 1e-3)
         parametrize.register_parametrization(module, "weight", Wrapper(diff), unsafe=True)
@@ -188,6 +200,7 @@ def adapter(unet, name: str) -> Iterator[Attached | None]:
 
 
 def unet_inputs(unet, latent: int) -> dict:
+    """Seeded inputs (made on the CPU, so every device sees the same numbers) on the UNet's device."""
     g = torch.Generator().manual_seed(0)
     cfg = unet.config
     kwargs = {"sample": torch.randn(1, 4, latent, latent, generator=g), "timestep": torch.tensor([500]),
@@ -196,14 +209,15 @@ def unet_inputs(unet, latent: int) -> dict:
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
                                        "time_ids": torch.tensor([[latent * 8.0, latent * 8.0, 0, 0, latent * 8.0, latent * 8.0]])}
-    return kwargs
+    device = next(unet.parameters()).device
+    return {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in kwargs.items()}
 
 
 def make_step(unet, inputs: dict, params: list[torch.nn.Parameter]) -> Callable[[], None]:
     """forward + backward + AdamW step on the adapter parameters (the input latent takes a gradient
     too, so the no-adapter floor back-propagates through the same network)."""
     optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
-    target = torch.randn(inputs["sample"].shape, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(inputs["sample"].shape, generator=torch.Generator().manual_seed(1)).to(inputs["sample"].device)
 
     def step() -> None:
         sample = inputs["sample"].clone().requires_grad_(True)
@@ -223,12 +237,22 @@ def _rss() -> int:
 
 
 def peak_memory(step: Callable[[], None]) -> int:
-    """Peak resident memory the step adds (activations, gradients, optimizer state), excluding
-    the frozen base: freed memory is handed back to the OS first (malloc_trim), then a thread
-    samples the resident size every millisecond while the step runs. Linux only; 0 elsewhere."""
+    """Peak memory the step adds (activations, gradients, optimizer state), excluding the frozen
+    base. On CUDA: max allocated above what was allocated before. On the CPU: resident size —
+    freed memory is handed back to the OS first (malloc_trim), then a thread samples the resident
+    size every millisecond while the step runs; Linux only, 0 elsewhere."""
     import ctypes
     import threading
 
+    if DEVICE.type == "cuda":
+        gc.collect()
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        before = torch.cuda.memory_allocated(DEVICE)
+        step()
+        torch.cuda.synchronize(DEVICE)
+        return max(torch.cuda.max_memory_allocated(DEVICE) - before, 0)
     if not os.path.exists("/proc/self/statm"):
         return 0
     gc.collect()
@@ -256,7 +280,7 @@ def peak_memory(step: Callable[[], None]) -> int:
 
 
 def bench_training(base: str, latents: list[int], rounds: int, unet=None, log=print) -> dict:
-    unet = unet or build_unet(base, device="cpu")
+    unet = (unet or build_unet(base, device="cpu")).to(DEVICE)
     unet.requires_grad_(False).train(False)
     results: dict = {}
     for latent in latents:
@@ -315,13 +339,13 @@ def bench_layers(tokens: int, reps: int) -> list[dict]:
         shape = choose_shape((out_f, in_f), 64, 8)
         a1, a2, b1, b2 = shape.a1, shape.a2, shape.b1, shape.b2
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(tokens, in_f, generator=g)
-        base = torch.randn(tokens, out_f, generator=g)
-        grad_out = torch.randn(tokens, out_f, generator=g)
-        w1 = torch.randn(a1, a2, generator=g).requires_grad_()
-        w2 = torch.randn(b1, b2, generator=g).requires_grad_()
-        up = torch.randn(out_f, 4, generator=g).requires_grad_()
-        down = torch.randn(4, in_f, generator=g).requires_grad_()
+
+        def randn(*size: int) -> torch.Tensor:
+            return torch.randn(*size, generator=g).to(DEVICE)
+
+        x, base, grad_out = randn(tokens, in_f), randn(tokens, out_f), randn(tokens, out_f)
+        w1, w2 = randn(a1, a2).requires_grad_(), randn(b1, b2).requires_grad_()
+        up, down = randn(out_f, 4).requires_grad_(), randn(4, in_f).requires_grad_()
 
         def gemms() -> torch.Tensor:
             t = x.reshape(tokens * a2, b2) @ w2.t()
@@ -485,13 +509,15 @@ def targets(results: dict) -> list[tuple[str, str, bool, str]]:
                              "a few percent of the step, so the ratio swings with the floor's spread"))
             value = k["peak_bytes"] / lo["peak_bytes"]
             rows.append((f"{base} {latent}×{latent}: peak memory ≤ 1.0× LoRA r4", f"{value:.3f}×", value <= 1.0,
-                         "the batched w1 product keeps its (tokens, a1, b1) input for backward, one activation-sized "
-                         "tensor per layer more than LoRA's rank-4 intermediate"))
+                         "the w2-first product keeps its (tokens, a2, b1) intermediate for backward, an eighth of an "
+                         "activation per layer at (64, 8), against LoRA's rank-4 one"))
     for r in results.get("layers", []):
         fwd, train = r["kron_ms"] / r["gemms_ms"], r["kron_train_ms"] / r["gemms_train_ms"]
         rows.append((f"layer {r['shape']}: ≤ 1.1× its 2 GEMMs", f"{fwd:.2f}× fwd, {train:.2f}× fwd+bwd", max(fwd, train) <= 1.1,
-                     "the lower bound's second GEMM is one call on (tokens·b1, a2); the real layout needs it per token "
-                     "(batched, w1 broadcast), and with b1 = 5 or 10 columns those small products run below peak"))
+                     "the lower bound runs the w1 product as one GEMM on (tokens·b1, a2) rows and ignores the output "
+                     "layout; the real product needs w1 per token (a batched GEMM with b1 = 5–20 columns, below peak) "
+                     "and its backward one transposed copy of the output gradient. A kernel that writes the GEMM's "
+                     "result transposed (a custom CPU/Triton kernel) would close it; plain torch ops cannot"))
     for row in results.get("params", []):
         rows.append((f"{row['base']}: parameters reported vs LoRA r4", f"{row['krona']:,} vs {row['lora']:,}", True, ""))
     if results.get("comfy"):
@@ -509,14 +535,14 @@ def targets(results: dict) -> list[tuple[str, str, bool, str]]:
 def write_report(results: dict, out: Path, quick: bool) -> str:
     lines = ["# Benchmarks: KronA vs LoRA / LoKr peers", ""]
     meta = results["meta"]
-    lines.append(f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPU threads · Python {meta['python']} · "
+    lines.append(f"{meta['date']} · {meta['machine']} · {meta['cpus']} CPU threads · device: {meta.get('device', 'CPU')} · Python {meta['python']} · "
                  f"torch {meta['torch']} · diffusers {meta['diffusers']} · peft {meta['peft']} · lycoris-lora {meta['lycoris']}"
                  + (" · **QUICK MODE: code paths only, the numbers mean nothing**" if quick else ""))
     lines += ["", "## Trainable parameters (attention q/k/v/out, real architectures)", "",
               "| base | layers | KronA (64, 8) | LoRA r4 | KronA / LoRA |", "|---|---:|---:|---:|---:|"]
     for row in results["params"]:
         lines.append(f"| {row['base']} | {row['layers']} | {row['krona']:,} | {row['lora']:,} | {row['krona'] / row['lora']:.3f}× |")
-    lines += ["", f"## Per layer: base output + ΔW·x, {results['layers_tokens']} tokens, fp32 (median of repeats)", "",
+    lines += ["", f"## Per layer: base output + ΔW·x, {results['layers_tokens']} tokens, fp32, {meta.get('device', 'CPU')} (median of repeats)", "",
               "Each cell: forward ms / forward + backward ms. \"its 2 GEMMs\" is the zero-overhead lower bound "
               "(the same two products on operands that need no layout change).", "",
               "| layer | factors | order | KronA | w1-first | w2-first | its 2 GEMMs | KronA / GEMMs | materialised | LoRA r4 | MFLOP KronA | MFLOP LoRA r4 |",
@@ -534,7 +560,7 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
         for latent, configs in by_latent.items():
             floor = configs["no adapter"]["time"]["median"]
             lora = configs["PEFT LoRA r4"]
-            lines += ["", f"## Training step: {base} UNet, latent {latent}×{latent}, fp32, batch 1 "
+            lines += ["", f"## Training step: {base} UNet, latent {latent}×{latent}, fp32, batch 1, {meta.get('device', 'CPU')} "
                       f"(median [min, max] of {len(results['rounds'])} interleaved rounds)", "",
                       "| adapter | params | file | step s | vs LoRA r4 | vs floor | overhead s | peak MiB | peak vs LoRA r4 | peak vs floor |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -600,10 +626,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bases", default="sd1,sdxl")
     parser.add_argument("--latents", default=None, help="comma-separated latent sizes (default 32,64 on CPU, 64,128 on GPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] for training steps and the per-layer bench "
+                        "(default: cuda when available); ComfyUI patch times are always taken on the CPU")
     parser.add_argument("--out", default=str(ROOT / "bench"))
     parser.add_argument("--only", default=None, help="comma-separated sections to re-run (params, layers, training, comfy); "
                         "the others are kept from the existing results JSON")
     args = parser.parse_args(argv)
+    global DEVICE
+    if args.device:
+        DEVICE = torch.device(args.device)
     only = set(args.only.split(",")) if args.only else {"params", "layers", "training", "comfy"}
     from diffusers import UNet2DConditionModel  # noqa: F401  (before ComfyUI's path: see below)
 
@@ -626,12 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rounds = 1 if args.quick else args.rounds
     suffix = "-quick" if args.quick else ""
-    latents = [int(v) for v in args.latents.split(",")] if args.latents else ([8] if args.quick else [32, 64])
+    latents = [int(v) for v in args.latents.split(",")] if args.latents else ([8] if args.quick else [64, 128] if DEVICE.type == "cuda" else [32, 64])
     previous = out / f"results{suffix}.json"
     kept = json.loads(previous.read_text()) if args.only and previous.is_file() else {}
     results: dict = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                              "cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+                              "cpus": torch.get_num_threads(),
+                              "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU", "python": platform.python_version(), "torch": torch.__version__,
                               "diffusers": diffusers.__version__, "peft": peft.__version__, "lycoris": version("lycoris-lora")},
                      "rounds": list(range(rounds))}
     results.update({k: v for k, v in kept.items() if k not in ("meta",)})

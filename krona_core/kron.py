@@ -300,33 +300,40 @@ def materialise(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     return torch.kron(w1, w2)
 
 
-class _KronLinearW2First(torch.autograd.Function):
-    """x through kron(w1, w2), w2 first, as plain 2-D GEMMs forward and backward.
+def _w2_first(x2: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x2 through kron(w1, w2) as (N, a1·b1), T = X·w2ᵀ as (N, a2, b1)).
 
-    With T = X·w2ᵀ held as (N, b1, a2), both products are single GEMMs over N·a2 or N·b1 rows;
-    the only layout changes are one transposed copy of the output forward and of its gradient
-    backward, plus two of the small T. Autograd of the obvious alternatives does worse: a
-    broadcast `bmm` of w1 per token runs tiny GEMMs far below peak, and its backward falls back
-    to a per-token loop when the incoming gradient is strided (as it is behind attention) —
-    3–4× slower per layer in bench/.
+    T is one GEMM over N·a2 rows; the w1 side is a batched GEMM of w1 (broadcast, stride 0,
+    never copied) against each token's (a2, b1) slice, which lands directly in the output layout.
+    """
+    n, (a1, a2), (b1, b2) = x2.shape[0], w1.shape, w2.shape
+    t = (x2.reshape(n * a2, b2) @ w2.t()).reshape(n, a2, b1)
+    return torch.bmm(w1.expand(n, a1, a2), t).reshape(n, a1 * b1), t
+
+
+class _KronLinearW2First(torch.autograd.Function):
+    """`_w2_first` with a backward of plain 2-D GEMMs.
+
+    Autograd's own backward of the broadcast `bmm` runs per-token tiny GEMMs and, when the
+    incoming gradient is strided (as it is behind attention's head reshapes), falls back to a
+    per-token loop with a copy each: 3–4× slower per layer (bench/). Here the gradient is
+    transposed once into (N·b1, a1) rows, after which every product is one GEMM.
     """
 
     @staticmethod
     def forward(ctx, x2: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        n, (a1, a2), (b1, b2) = x2.shape[0], w1.shape, w2.shape
-        t = (x2.reshape(n * a2, b2) @ w2.t()).reshape(n, a2, b1).transpose(1, 2).contiguous()  # (N, b1, a2)
-        u = t.reshape(n * b1, a2) @ w1.t()  # (N·b1, a1): rows (token, j), columns i
+        y, t = _w2_first(x2, w1, w2)
         ctx.save_for_backward(x2, w1, w2, t)
-        return u.reshape(n, b1, a1).transpose(1, 2).reshape(n, a1 * b1)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x2, w1, w2, t = ctx.saved_tensors
         n, (a1, a2), (b1, b2) = x2.shape[0], w1.shape, w2.shape
-        grad_u = grad_y.reshape(n, a1, b1).transpose(1, 2).contiguous().reshape(n * b1, a1)
+        grad_u = grad_y.reshape(n, a1, b1).transpose(1, 2).contiguous().reshape(n * b1, a1)  # rows (token, j)
         grad_x = grad_w1 = grad_w2 = None
         if ctx.needs_input_grad[1]:
-            grad_w1 = grad_u.t() @ t.reshape(n * b1, a2)
+            grad_w1 = grad_u.t() @ t.transpose(1, 2).reshape(n * b1, a2)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             grad_t = (grad_u @ w1).reshape(n, b1, a2).transpose(1, 2).contiguous().reshape(n * a2, b1)
             if ctx.needs_input_grad[2]:
@@ -346,10 +353,9 @@ def _autocasting(device_type: str) -> bool:
 def _kron_linear_parts(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, order: Order | None) -> torch.Tensor:
     """x through kron(w1, w2) as an (N, a1·b1) tensor.
 
-    w2-first (the cheaper order for every SD attention layer at (64, 8)) runs as
-    `_KronLinearW2First`; under autocast, whose casts a custom backward would have to replay,
-    and in the w1-first order, autograd differentiates plain ops: one GEMM for the w2 side and
-    a batched GEMM of the broadcast w1 (stride 0, never copied) per token.
+    w2-first is the cheaper order for every SD attention layer at (64, 8): when a gradient is
+    needed it runs as `_KronLinearW2First`, except under autocast, whose casts a custom backward
+    would have to replay — there, and in the w1-first order, autograd differentiates the plain ops.
     """
     a1, a2 = w1.shape
     b1, b2 = w2.shape
@@ -357,12 +363,12 @@ def _kron_linear_parts(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, orde
         raise ValueError(f"kron_linear: input has {x.shape[-1]} features, factors expect {a2}·{b2}={a2 * b2}")
     order = order or choose_order(KronShape(a1, a2, b1, b2))
     x2 = x.reshape(-1, a2 * b2)
-    n = x2.shape[0]
     if order == "w2_first":
-        if not _autocasting(x.device.type):
+        needs_grad = torch.is_grad_enabled() and (x2.requires_grad or w1.requires_grad or w2.requires_grad)
+        if needs_grad and not _autocasting(x.device.type):
             return _KronLinearW2First.apply(x2, w1, w2)
-        t = (x2.reshape(n * a2, b2) @ w2.t()).reshape(n, a2, b1)
-        return torch.bmm(w1.expand(n, a1, a2), t).reshape(n, a1 * b1)
+        return _w2_first(x2, w1, w2)[0]
+    n = x2.shape[0]
     t = torch.bmm(w1.expand(n, a1, a2), x2.reshape(n, a2, b2))
     return (t.reshape(n * a1, b2) @ w2.t()).reshape(n, a1 * b1)
 

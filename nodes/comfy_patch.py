@@ -153,9 +153,12 @@ class _BypassHook:
         self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(strength · w1, w2) on x's device and dtype: the strength rides on the small factor,
+        sparing a pass over every output."""
         key = (x.device, x.dtype)
         if key not in self.cache:
-            self.cache = {key: (self.target.w1.to(x.device, x.dtype), self.target.w2.to(x.device, x.dtype))}
+            w1 = self.target.w1.to(x.device, torch.float32) * self.strength
+            self.cache = {key: (w1.to(x.dtype), self.target.w2.to(x.device, x.dtype))}
         return self.cache[key]
 
     def __call__(self, module, args, output):
@@ -167,7 +170,6 @@ class _BypassHook:
             delta = kron_conv2d(x, w1, w2, module.stride, module.padding, module.dilation)
         else:
             delta = kron_linear(x, w1, w2)
-        delta = delta * self.strength
         if self.target.offset is None:
             return output + delta.to(output.dtype)
         _dim, start, size = self.target.offset
