@@ -583,9 +583,12 @@ def write_report(results: dict, out: Path, quick: bool) -> str:
                   f"bypass {bypass:.3f} s → bypass overhead {100 * (bypass / merged - 1):+.1f}%."]
     lines += ["", "## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok, _why in targets(results)]
-    missed = [(t, why) for t, _m, ok, why in targets(results) if not ok]
+    missed: dict[str, list[str]] = {}  # one reason, every target it explains
+    for t, _m, ok, why in targets(results):
+        if not ok:
+            missed.setdefault(why, []).append(t)
     if missed:
-        lines += ["", "Why the missed ones were missed:", ""] + [f"- *{t}*: {why}" for t, why in missed]
+        lines += ["", "Why the missed ones were missed:", ""] + [f"- *{'; '.join(ts)}*: {why}" for why, ts in missed.items()]
     text = "\n".join(lines) + "\n"
     out.write_text(text, encoding="utf-8")
     return text
