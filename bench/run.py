@@ -490,15 +490,17 @@ KRONA, LORA, FLOOR = "KronA (64, 8) efficient", "PEFT LoRA r4", "no adapter"
 def targets(results: dict) -> list[tuple[str, str, bool, str]]:
     """(target, measured, met, why-if-missed) for each target of the benchmark issue."""
     rows = []
-    noise = ("within this CPU's run-to-run spread: the rounds' [min, max] of KronA and LoRA overlap, so the "
-             "order of the medians is not a property of the code; a quieter machine or more rounds decides it")
+    def noise(who: str) -> str:
+        return (f"within this CPU's run-to-run spread: the rounds' [min, max] of {who} overlap, so the "
+                "order of the medians is not a property of the code; a quieter machine or more rounds decides it")
+
     for base, by_latent in results.get("training", {}).items():
         for latent, c in by_latent.items():
             k, lo, fl = c[KRONA], c[LORA], c[FLOOR]
             overlap = k["time"]["min"] <= lo["time"]["max"]
             value = k["time"]["median"] / lo["time"]["median"]
             rows.append((f"{base} {latent}×{latent}: step ≤ 1.00× LoRA r4", f"{value:.3f}×", value <= 1.0,
-                         noise if overlap else "the Kronecker product's two small GEMMs per layer cost more than "
+                         noise("KronA and LoRA") if overlap else "the Kronecker product's two small GEMMs per layer cost more than "
                          "LoRA's two thin ones at this size (see the per-layer table)"))
             over = k["time"]["median"] - fl["time"]["median"]
             for peer, limit in (("LyCORIS LoKr", 0.25), ("LyCORIS LoKr bypass", 1.0)):
@@ -524,7 +526,7 @@ def targets(results: dict) -> list[tuple[str, str, bool, str]]:
         c = results["comfy"]
         ref = c["patch"]["LoraLoader, same KronA file"]
         value = c["patch"]["Apply KronA (merge)"]["median"] / ref["median"]
-        rows.append(("Apply KronA (merge) ≤ 1.0× LoraLoader, same file", f"{value:.3f}×", value <= 1.0, noise.replace("KronA and LoRA", "both")))
+        rows.append(("Apply KronA (merge) ≤ 1.0× LoraLoader, same file", f"{value:.3f}×", value <= 1.0, noise("both")))
         merged, bypass = c["forward"]["merged"]["median"], c["forward"]["bypass"]["median"]
         value = 100 * (bypass / merged - 1)
         rows.append(("bypass sampling overhead ≤ 5%", f"{value:+.1f}%", value <= 5.0,

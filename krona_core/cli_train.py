@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .images import load_folder, to_uint8
     from .plot import loss_curve, save_png
     from .progress import ProgressPrinter
-    from .train import TrainConfig, TrainingInterrupted, examples_from_latents, generate_class_examples, prepare_examples, train
+    from .train import TrainConfig, TrainingInterrupted, generate_class_examples, prepare_examples, train
     from .train_diffusers import load_base
 
     out = Path(args.out)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from . import keymap
-from .format import KronAFile, KronAFileError, build_metadata
+from .format import KronAFile, build_metadata
 from .kron import KronShape, choose_shape, kron_rearrange, materialise, nearest_kronecker, plan_budget
 
 
@@ -147,18 +147,25 @@ class Module:
         return self.delta().double()
 
 
+def _group_parts(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern, what: str, path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """{module: {part: tensor}} from keys `pattern` splits into (module, part); any other key is refused."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = pattern.match(key)
+        if not m:
+            raise ConvertError(f"{path}: key {key!r} is not part of a {what} module")
+        groups.setdefault(m.group(1), {})[m.group(2)] = value
+    return groups
+
+
 def read_lokr(tensors: Mapping[str, torch.Tensor], path: str = "<memory>") -> dict[str, Module]:
     """Any LyCORIS LoKr variant → exact full factors with the variant's scale baked in.
 
     Scale: alpha / dim for a decomposed half (dim = that half's rank; when both are decomposed
     the w2 rank, as ComfyUI, A1111 and LyCORIS compute it); 1 when both halves are full.
     """
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _LOKR.match(key)
-        if not m:
-            raise ConvertError(f"{path}: key {key!r} is not part of a LyCORIS LoKr module")
-        groups.setdefault(m.group(1), {})[m.group(2)] = value.float()
+    groups = {name: {part: v.float() for part, v in parts.items()}
+              for name, parts in _group_parts(tensors, _LOKR, "LyCORIS LoKr", path).items()}
     out = {}
     for name, parts in groups.items():
         dim = None
@@ -201,12 +208,7 @@ def _lora_module(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.T
 
 
 def read_kohya_lora(tensors: Mapping[str, torch.Tensor], path: str = "<memory>") -> dict[str, Module]:
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _KOHYA_LORA.match(key)
-        if not m:
-            raise ConvertError(f"{path}: key {key!r} is not part of a kohya LoRA module")
-        groups.setdefault(m.group(1), {})[m.group(2)] = value
+    groups = _group_parts(tensors, _KOHYA_LORA, "kohya LoRA", path)
     out = {}
     for name, parts in groups.items():
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
@@ -245,12 +247,7 @@ def read_peft_lora(tensors: Mapping[str, torch.Tensor], names: Names, path: str 
 
 def read_comfy_lora(tensors: Mapping[str, torch.Tensor], names: Names, path: str = "<memory>") -> dict[str, Module]:
     """LoRA files ComfyUI's trainer writes: `diffusion_model.<ldm path>.lora_down.weight` …"""
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _COMFY_LORA.match(key)
-        if not m:
-            raise ConvertError(f"{path}: key {key!r} is not part of a ComfyUI LoRA module")
-        groups.setdefault(m.group(1), {})[m.group(2)] = value
+    groups = _group_parts(tensors, _COMFY_LORA, "ComfyUI LoRA", path)
     out = {}
     for module, parts in groups.items():
         if not module.startswith("diffusion_model."):

@@ -20,7 +20,6 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch

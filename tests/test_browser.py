@@ -12,7 +12,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 _TESTS = Path(__file__).resolve().parent
@@ -39,31 +38,27 @@ def frontend() -> Path:
 
 @pytest.fixture(scope="module")
 def server(frontend, tmp_path_factory):
-    from PIL import Image
-
     from helpers.comfy_server import ComfyServer, comfyui_path_from_env
     from helpers.krona_files import random_krona
     from helpers.tiny_comfy import cached_checkpoint
 
+    from krona_core.images import to_uint8
+    from krona_core.plot import save_png
     from krona_core.tiny import sample_images
 
-    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, frontend_root=frontend)
-    srv.start()
-    srv.add_model("checkpoints", cached_checkpoint("sd15"), name="v1-5-pruned-emaonly.safetensors")
-    d = tmp_path_factory.mktemp("browser")
-    srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1,
-                                        trigger_words=("sks dog", "studio photo")))
-    srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, every=2))
-    for i, img in enumerate(sample_images(2, 64, seed=5)):
-        path = d / f"subject{i + 1}.png"
-        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
-        srv.add_input(path)
-    # a returning user: no first-run template browser over the canvas
-    srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
-    try:
+    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, frontend_root=frontend) as srv:
+        srv.add_model("checkpoints", cached_checkpoint("sd15"), name="v1-5-pruned-emaonly.safetensors")
+        d = tmp_path_factory.mktemp("browser")
+        srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1,
+                                            trigger_words=("sks dog", "studio photo")))
+        srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, every=2))
+        for i, img in enumerate(sample_images(2, 64, seed=5)):
+            path = d / f"subject{i + 1}.png"
+            save_png(to_uint8((img + 1) / 2), str(path))
+            srv.add_input(path)
+        # a returning user: no first-run template browser over the canvas
+        srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

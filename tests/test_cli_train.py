@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,6 +17,8 @@ sys.path.insert(0, str(_TESTS))
 from helpers.tiny_diffusers import write_char_tokenizer, write_tiny_diffusers  # noqa: E402
 
 import krona_core  # noqa: E402
+from krona_core.images import to_uint8  # noqa: E402
+from krona_core.plot import save_png  # noqa: E402
 from krona_core.tiny import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
@@ -35,12 +36,9 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    from PIL import Image
-
     folder = tmp_path_factory.mktemp("images")
     for i, img in enumerate(sample_images(3, 48, seed=4)):
-        array = ((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-        Image.fromarray(array).save(folder / f"img{i}.png")
+        save_png(to_uint8((img + 1) / 2), str(folder / f"img{i}.png"))
     (folder / "img1.txt").write_text("a close-up photo of sks toy", encoding="utf-8")
     return folder
 

@@ -81,18 +81,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(files):
-    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT},
-                      models={"checkpoints": [files["sd15"], files["sdxl"]]})
-    srv.start()
-    for key in ("a", "b", "xl"):
-        srv.add_model("krona", files[key])
-    # the same files reachable through the loras folder, for ComfyUI's own LoraLoader
-    for key in ("a", "b", "xl", "lora_dir_file"):
-        srv.add_model("loras", files[key])
-    try:
+    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT},
+                     models={"checkpoints": [files["sd15"], files["sdxl"]]}) as srv:
+        for key in ("a", "b", "xl"):
+            srv.add_model("krona", files[key])
+        # the same files reachable through the loras folder, for ComfyUI's own LoraLoader
+        for key in ("a", "b", "xl", "lora_dir_file"):
+            srv.add_model("loras", files[key])
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_nodes import graph, image, max_diff  # noqa: E402
 
 import krona_core  # noqa: E402
+from krona_core.images import to_uint8  # noqa: E402
+from krona_core.plot import save_png  # noqa: E402
 from krona_core.tiny import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
@@ -26,21 +28,15 @@ pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from PIL import Image
-
     ckpt = cached_checkpoint("sd15")
-    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, models={"checkpoints": [ckpt]})
-    srv.start()
-    folder = tmp_path_factory.mktemp("subject")
-    for i, img in enumerate(sample_images(2, 64, seed=3)):
-        path = folder / f"subject{i}.png"
-        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
-        srv.add_input(path)
-    srv.ckpt = ckpt.name
-    try:
+    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, models={"checkpoints": [ckpt]}) as srv:
+        folder = tmp_path_factory.mktemp("subject")
+        for i, img in enumerate(sample_images(2, 64, seed=3)):
+            path = folder / f"subject{i}.png"
+            save_png(to_uint8((img + 1) / 2), str(path))
+            srv.add_input(path)
+        srv.ckpt = ckpt.name
         yield srv
-    finally:
-        srv.stop()
 
 
 def train_graph(ckpt: str, steps: int, checkpoint_every: int = 0, name: str = "subject", preview_every: int = 0) -> dict:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 _TESTS = Path(__file__).resolve().parent
@@ -21,6 +20,8 @@ from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from helpers.workflow_convert import ui_to_api  # noqa: E402
 
+from krona_core.images import to_uint8  # noqa: E402
+from krona_core.plot import save_png  # noqa: E402
 from krona_core.tiny import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
@@ -41,26 +42,19 @@ def test_workflow_sources_are_current():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from PIL import Image
-
-    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT})
-    srv.start()
-    for folder, names in STAND_INS.items():
-        for name, kind in names.items():
-            srv.add_model(folder, cached_checkpoint(kind), name=name)
-    d = tmp_path_factory.mktemp("wf")
-    srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1, scale=0.08))
-    srv.add_model("krona", random_krona(cached_checkpoint("sdxl"), d / "my-subject-sdxl.krona.safetensors", "sdxl", seed=2, scale=0.05))
-    srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, scale=0.05, every=2))
-    for i, img in enumerate(sample_images(3, 64, seed=5)):
-        array = ((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-        name = ["example.png", "subject1.png", "subject2.png"][i]
-        Image.fromarray(array).save(d / name)
-        srv.add_input(d / name)
-    try:
+    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}) as srv:
+        for folder, names in STAND_INS.items():
+            for name, kind in names.items():
+                srv.add_model(folder, cached_checkpoint(kind), name=name)
+        d = tmp_path_factory.mktemp("wf")
+        srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1, scale=0.08))
+        srv.add_model("krona", random_krona(cached_checkpoint("sdxl"), d / "my-subject-sdxl.krona.safetensors", "sdxl", seed=2, scale=0.05))
+        srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, scale=0.05, every=2))
+        for i, img in enumerate(sample_images(3, 64, seed=5)):
+            name = ["example.png", "subject1.png", "subject2.png"][i]
+            save_png(to_uint8((img + 1) / 2), str(d / name))
+            srv.add_input(d / name)
         yield srv
-    finally:
-        srv.stop()
 
 
 def shrink(api: dict) -> dict:

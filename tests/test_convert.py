@@ -19,12 +19,11 @@ from krona_core.convert import (
     ConvertError,
     detect_format,
     kron_to_lora,
-    official_delta,
     read_source,
     to_krona,
     to_lora,
 )
-from krona_core.kron import choose_shape, materialise
+from krona_core.kron import materialise
 from krona_core.merge import merge_files, merge_into_checkpoint, merge_into_diffusers
 
 ROOT = Path(__file__).resolve().parents[1]

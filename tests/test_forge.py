@@ -20,18 +20,18 @@ pytestmark = pytest.mark.skipif(not os.environ.get("FORGE_PATH"), reason="FORGE_
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    from PIL import Image
-
     from helpers.krona_files import random_krona
     from helpers.tiny_comfy import cached_checkpoint
 
+    from krona_core.images import to_uint8
+    from krona_core.plot import save_png
     from krona_core.tiny import sample_images
 
     d = tmp_path_factory.mktemp("forge")
     images = d / "subject"
     images.mkdir()
     for i, img in enumerate(sample_images(2, 64, seed=3)):
-        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(images / f"{i}.png")
+        save_png(to_uint8((img + 1) / 2), str(images / f"{i}.png"))
     return {
         "ckpt": cached_checkpoint("sd15"),
         "ref": random_krona(cached_checkpoint("sd15"), d / "ref.krona.safetensors", "sd1", seed=1, scale=0.08,
@@ -45,13 +45,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def forge(files):
     from helpers.forge_server import ForgeServer
 
-    server = ForgeServer(extensions={"ComfyUI-KronA": ROOT},
-                         models={"Stable-diffusion": [files["ckpt"]], "Lora": [files["ref"]], "krona": [files["own"]]})
-    server.start()
-    try:
+    with ForgeServer(extensions={"ComfyUI-KronA": ROOT},
+                     models={"Stable-diffusion": [files["ckpt"]], "Lora": [files["ref"]], "krona": [files["own"]]}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def diff(a: np.ndarray, b: np.ndarray) -> int:

@@ -39,12 +39,8 @@ def forge(tmp_path_factory):
     ckpt = cached_checkpoint("sd15")
     ref = tmp_path_factory.mktemp("forge-lokr") / "ref.krona.safetensors"
     random_krona(ckpt, ref, "sd1", seed=1, scale=0.08)
-    srv = ForgeServer(models={"Stable-diffusion": [ckpt], "Lora": [ref]}, ui=True)
-    srv.start()
-    try:
+    with ForgeServer(models={"Stable-diffusion": [ckpt], "Lora": [ref]}, ui=True) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -105,14 +105,10 @@ def dummy_pack(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(dummy_pack):
     ckpt15 = cached_checkpoint("sd15", seed=0)
-    srv = ComfyServer(comfyui_path_from_env(), custom_nodes={"krona-test-echo": dummy_pack},
-                      models={"checkpoints": [ckpt15]})
-    srv.start()
-    srv.ckpt15 = ckpt15.name
-    try:
+    with ComfyServer(comfyui_path_from_env(), custom_nodes={"krona-test-echo": dummy_pack},
+                     models={"checkpoints": [ckpt15]}) as srv:
+        srv.ckpt15 = ckpt15.name
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,16 @@ def _sampling(g: Graph, model, clip, vae, x: int, prompt: str, negative: str, la
     return g.add("SaveImage", (x + 720, 160), {"filename_prefix": prefix}, {"images": (decode, 0)}, size=(380, 400))
 
 
+def _checkpoint_and_krona(g: Graph, ckpt_name: str = "v1-5-pruned-emaonly.safetensors",
+                          krona_name: str = "my-subject.krona.safetensors", block_strengths: str = "") -> tuple[int, int]:
+    """Load Checkpoint → Apply KronA (model and clip), the head of every inference workflow."""
+    ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": ckpt_name})
+    krona = g.add("ApplyKronA", (0, 200), {"krona_name": krona_name, "strength_model": 1.0, "strength_clip": 1.0,
+                                           "bypass": False, "block_strengths": block_strengths},
+                  {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
+    return ckpt, krona
+
+
 def txt2img() -> Graph:
     g = Graph("KronA txt2img (SD1.5), with a LoRA stacked after it")
     g.note("1. Checkpoint: an SD1.5 model, e.g. v1-5-pruned-emaonly.safetensors in models/checkpoints.\n"
@@ -140,10 +150,7 @@ def txt2img() -> Graph:
            "(when the file adapts it).\n3. LoRA after it: any SD1.5 LoRA, e.g. my-style.safetensors; KronA and LoRA "
            "patches stack through ComfyUI's own model patching.\n4. Put the file's trigger words (shown on the Apply KronA "
            "node) into the prompt.", (0, 420))
-    ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
-    krona = g.add("ApplyKronA", (0, 200), {"krona_name": "my-subject.krona.safetensors", "strength_model": 1.0,
-                                           "strength_clip": 1.0, "bypass": False, "block_strengths": ""},
-                  {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
+    ckpt, krona = _checkpoint_and_krona(g)
     lora = g.add("LoraLoader", (360, 500), {"lora_name": "my-style.safetensors", "strength_model": 0.6, "strength_clip": 0.6},
                  {"model": (krona, 0), "clip": (krona, 1)})
     _sampling(g, (lora, 0), (lora, 1), (ckpt, 2), 720, "a photo of sks dog on a beach", "blurry, lowres", prefix="KronA-txt2img")
@@ -157,10 +164,7 @@ def controlnet() -> Graph:
            "into edges.\n4. ControlNet: control_v11p_sd15_canny.safetensors in models/controlnet; Apply ControlNet conditions "
            "both prompts on the edges.\n5. The sampler uses the KronA-patched model: subject from KronA, layout from the edges.",
            (0, 560))
-    ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
-    krona = g.add("ApplyKronA", (0, 200), {"krona_name": "my-subject.krona.safetensors", "strength_model": 1.0,
-                                           "strength_clip": 1.0, "bypass": False, "block_strengths": ""},
-                  {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
+    ckpt, krona = _checkpoint_and_krona(g)
     image = g.add("LoadImage", (360, 560), {"image": "example.png"}, size=(320, 320))
     edges = g.add("Canny", (720, 560), {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)})
     cn = g.add("ControlNetLoader", (720, 720), {"control_net_name": "control_v11p_sd15_canny.safetensors"})
@@ -207,10 +211,7 @@ def sdxl() -> Graph:
     g.note("1. Checkpoint: an SDXL base model, e.g. sd_xl_base_1.0.safetensors.\n2. Apply KronA: an SDXL KronA file, e.g. "
            "my-subject-sdxl.krona.safetensors (SDXL files carry lora_te1_/lora_te2_ modules for the two text encoders; "
            "strength_clip scales both).\n3. 1024×1024 is SDXL's native size.", (0, 420))
-    ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "sd_xl_base_1.0.safetensors"})
-    krona = g.add("ApplyKronA", (0, 200), {"krona_name": "my-subject-sdxl.krona.safetensors", "strength_model": 1.0,
-                                           "strength_clip": 1.0, "bypass": False, "block_strengths": ""},
-                  {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
+    ckpt, krona = _checkpoint_and_krona(g, "sd_xl_base_1.0.safetensors", "my-subject-sdxl.krona.safetensors")
     _sampling(g, (krona, 0), (krona, 1), (ckpt, 2), 360, "a photo of sks dog on a beach", "blurry, lowres",
               width=1024, height=1024, prefix="KronA-sdxl")
     return g
@@ -222,10 +223,7 @@ def img2img() -> Graph:
            "3. Apply KronA with block_strengths 'input:0.4, middle:0.6, output:1.0': the subject's identity mostly from the "
            "output (decoder) blocks. Other forms: 'output3-5:0', 'default:0.5'.\n4. KSampler denoise 0.6 keeps the composition.",
            (0, 460))
-    ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
-    krona = g.add("ApplyKronA", (0, 200), {"krona_name": "my-subject.krona.safetensors", "strength_model": 1.0,
-                                           "strength_clip": 1.0, "bypass": False, "block_strengths": "input:0.4, middle:0.6, output:1.0"},
-                  {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
+    ckpt, krona = _checkpoint_and_krona(g, block_strengths="input:0.4, middle:0.6, output:1.0")
     image = g.add("LoadImage", (360, 480), {"image": "example.png"}, size=(320, 320))
     encode = g.add("VAEEncode", (720, 480), {}, {"pixels": (image, 0), "vae": (ckpt, 2)})
     _sampling(g, (krona, 0), (krona, 1), (ckpt, 2), 720, "a photo of sks dog, oil painting", "blurry, lowres",

@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .host_process import HOST_STUBS, HostError, HostProcess, HostRequestError, test_cache_dir, torchvision_importable
+from .host_process import HOST_STUBS, HostError, HostProcess, HostRequestError, named_folders, test_cache_dir, torchvision_importable
 
 __all__ = [
     "ComfyError",
@@ -168,12 +168,7 @@ class ComfyServer(HostProcess):
         if not (path / "main.py").is_file():
             raise ComfyStartupError(f"{path} is not a ComfyUI checkout (no main.py)")
         self.comfyui_path = path
-        if custom_nodes is None:
-            self.custom_nodes: Dict[str, Path] = {}
-        elif isinstance(custom_nodes, Mapping):
-            self.custom_nodes = {str(k): Path(v).resolve() for k, v in custom_nodes.items()}
-        else:
-            self.custom_nodes = {Path(v).resolve().name: Path(v).resolve() for v in custom_nodes}
+        self.custom_nodes = named_folders(custom_nodes)
         self._initial_models = {k: list(v) for k, v in (models or {}).items()}
         self._extra_model_paths = {k: [Path(p) for p in v] for k, v in (extra_model_paths or {}).items()}
         self.extra_args = list(extra_args)

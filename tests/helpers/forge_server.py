@@ -52,7 +52,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .host_process import HOST_STUBS, HostError, HostProcess, HostRequestError, HostStartupError, test_cache_dir, torchvision_importable
+from .host_process import (HOST_STUBS, HostError, HostProcess, HostRequestError, HostStartupError, named_folders, test_cache_dir,
+                           torchvision_importable)
 
 __all__ = [
     "ForgeError",
@@ -206,12 +207,7 @@ class ForgeServer(HostProcess):
         self.python = Path(python).expanduser() if python else forge_python(path)
         if not self.python.exists():
             raise ForgeStartupError(f"Forge's Python {self.python} does not exist")
-        if extensions is None:
-            self.extensions: Dict[str, Path] = {}
-        elif isinstance(extensions, Mapping):
-            self.extensions = {str(k): Path(v).resolve() for k, v in extensions.items()}
-        else:
-            self.extensions = {Path(v).resolve().name: Path(v).resolve() for v in extensions}
+        self.extensions = named_folders(extensions)
         self._initial_models = {str(k): _model_specs(v) for k, v in (models or {}).items()}
         self.ui = ui
         self.extra_args = list(extra_args)

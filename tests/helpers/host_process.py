@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -84,6 +84,15 @@ def torchvision_importable(python: PathLike = sys.executable) -> bool:
             ok = False
         _TORCHVISION_CACHE[key] = ok
     return _TORCHVISION_CACHE[key]
+
+
+def named_folders(folders: Union[Mapping[str, PathLike], Iterable[PathLike], None]) -> Dict[str, Path]:
+    """``{name: folder}`` as given, or folders named after themselves; resolved paths."""
+    if folders is None:
+        return {}
+    if isinstance(folders, Mapping):
+        return {str(k): Path(v).resolve() for k, v in folders.items()}
+    return {Path(v).resolve().name: Path(v).resolve() for v in folders}
 
 
 class HostProcess:
