@@ -2,7 +2,6 @@
 
     python bench/run.py                 # full run (tens of minutes on 2 CPU cores); writes bench/RESULTS.md + PNG
     python bench/run.py --quick         # every code path on a tiny UNet in seconds; asserts nothing about time
-    python -m krona_core bench [...]    # the same
 
 Sections: trainable parameters on the real architectures; per-layer Kronecker matmul micro-bench
 (both association orders, materialised, LoRA r4, and the two GEMMs alone); training steps
@@ -34,11 +33,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from krona_core import attach  # noqa: E402
-from krona_core.configs import build_unet  # noqa: E402
-from krona_core.counts import unet_counts  # noqa: E402
-from krona_core.kron import choose_order, choose_shape, kron_flops, kron_linear_add, lora_flops, materialise  # noqa: E402
-from krona_core.targets import select  # noqa: E402
+from krona_core import attach, families  # noqa: E402
+from krona_core.adapters.counts import unet_counts  # noqa: E402
+from krona_core.adapters.targets import select  # noqa: E402
+from krona_core.naming.unet import UNetKeyMap  # noqa: E402
+from krona_core.ops.bypass import add_kron_delta  # noqa: E402
+from krona_core.ops.matmul import materialise  # noqa: E402
+from krona_core.ops.shapes import choose_order, choose_shape, kron_flops, lora_flops  # noqa: E402
+
+
+def build_unet(base: str, **kwargs) -> torch.nn.Module:
+    return families.get(base).build_unet(**kwargs)
 
 ATTN_GLOBS = ["*attn1.to_q", "*attn1.to_k", "*attn1.to_v", "*attn1.to_out.0",
               "*attn2.to_q", "*attn2.to_k", "*attn2.to_v", "*attn2.to_out.0"]
@@ -85,7 +90,7 @@ def krona(unet, materialised: bool = False) -> Attached:
     with torch.no_grad():
         for _, adapter in handle.items():  # non-zero ΔW: the work is the same, but no zero short-cuts
             adapter.w2.normal_(0, 1e-3)
-            adapter.mode = "materialised" if materialised else "efficient"
+            adapter.materialised = materialised
     return Attached(list(handle.parameters()), lambda p: handle.save(p, overwrite=True), handle.remove)
 
 
@@ -352,9 +357,9 @@ def bench_layers(tokens: int, reps: int) -> list[dict]:
             return base + (t.reshape(tokens * b1, a2) @ w1.t()).reshape(tokens, out_f)
 
         cases: dict[str, Callable[[], torch.Tensor]] = {
-            "kron": lambda: kron_linear_add(base, x, w1, w2),
-            "w1_first": lambda: kron_linear_add(base, x, w1, w2, order="w1_first"),
-            "w2_first": lambda: kron_linear_add(base, x, w1, w2, order="w2_first"),
+            "kron": lambda: add_kron_delta(base, x, w1, w2),
+            "w1_first": lambda: add_kron_delta(base, x, w1, w2, order="w1_first"),
+            "w2_first": lambda: add_kron_delta(base, x, w1, w2, order="w2_first"),
             "gemms": gemms,
             "materialised": lambda: base + x @ materialise(w1, w2).t(),
             "lora_r4": lambda: base + (x @ down.t()) @ up.t(),
@@ -391,9 +396,8 @@ def bench_comfy(rounds: int, quick: bool, log=print) -> dict:
     import comfy.sd
     from safetensors.torch import load_file
 
-    from krona_core import keymap
-    from krona_core.format import read
-    from krona_core.format import build_metadata, write
+    from krona_core.files.reader import read
+    from krona_core.files.writer import build_metadata, write
 
     comfy_patch = load_pack()
     base = "sd1" if quick else "sdxl"
@@ -404,7 +408,7 @@ def bench_comfy(rounds: int, quick: bool, log=print) -> dict:
         unet_sd = {k[len("model.diffusion_model."):]: v for k, v in sd15_state_dict().items() if k.startswith("model.diffusion_model.")}
     else:  # the real architecture's ldm names and shapes, from the diffusers config on the meta device
         meta_unet = build_unet(base)
-        names = keymap.UNetKeyMap.from_names(n for n, _ in meta_unet.named_modules() if n)
+        names = UNetKeyMap.from_names(n for n, _ in meta_unet.named_modules() if n)
         unet_sd = {names.to_ldm(k): v for k, v in meta_unet.state_dict().items()}
     import comfy.model_detection
 
@@ -416,13 +420,13 @@ def bench_comfy(rounds: int, quick: bool, log=print) -> dict:
             p.normal_(0, 0.02)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     shapes = {"model.diffusion_model." + k[len("diffusion_model."):]: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
-    unet_map = keymap.UNetKeyMap.from_names(shapes)
+    unet_map = UNetKeyMap.from_names(shapes)
     targets = {}
     for key, shape in shapes.items():
         path = key[len("model.diffusion_model."):-len(".weight")] if key.endswith(".weight") else None
         if path and any(path.endswith(s) for s in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                                                      "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
-            targets[keymap.kohya_module_key(base, "unet", path, unet_map)] = shape
+            targets[families.get(base).kohya_name("unet", path, unet_map)] = shape
     g = torch.Generator().manual_seed(0)
     modules, lora = {}, {}
     for name, shape in targets.items():

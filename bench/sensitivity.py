@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from krona_core.evaluation import build_task, gap_closed, run_student  # noqa: E402
-from krona_core.train import TrainConfig  # noqa: E402
+from krona_core.tiny.teacher import build_task, gap_closed, run_student  # noqa: E402
+from krona_core.train.config import TrainConfig  # noqa: E402
 
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 SEEDS = [0, 1, 2]

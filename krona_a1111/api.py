@@ -11,7 +11,8 @@ from .networks import krona_files
 def register(_demo, app) -> None:
     from fastapi import Body, HTTPException
 
-    from krona_core.format import KronAFileError, read_summary
+    from krona_core.files.model import KronAFileError
+    from krona_core.files.reader import read_summary
 
     @app.get("/krona/v1/files")
     def files():
@@ -31,6 +32,8 @@ def register(_demo, app) -> None:
             raise HTTPException(status_code=422, detail=f"unknown fields {sorted(unknown)}; expected {sorted(known)}")
         try:
             return backend.train(backend.TrainRequest(**payload))
+        except backend.JobBusy as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
         except (ValueError, FileNotFoundError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
 
@@ -48,5 +51,5 @@ def register(_demo, app) -> None:
     def convert(payload: dict = Body(...)):
         try:
             return {"report": backend.convert(**payload)}
-        except (ValueError, FileNotFoundError, SystemExit) as exc:
+        except (ValueError, OSError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None

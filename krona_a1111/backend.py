@@ -1,5 +1,5 @@
 """What the KronA tab and API do, written against krona_core; the web UI supplies only paths,
-the loaded checkpoint's file and a cancel flag."""
+the loaded checkpoint's file and a cancel flag. One training job runs at a time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from krona_core.format import SUFFIX
+from krona_core.files.model import SUFFIX
 
 from .networks import krona_dir, krona_files
 
@@ -29,13 +29,13 @@ class TrainRequest:
     images_dir: str
     instance_prompt: str
     name: str = "krona"
-    steps: int = 500
+    steps: int = 0  # 0: the model family's default (500 SD1.x/SD2.x, 1000 SDXL)
     learning_rate: float = 1e-3
     a1: int = 64
     a2: int = 8
     targets: str = "attn"
     seed: int = 0
-    resolution: int = 512
+    resolution: int = 0  # 0: the model family's default (512; SDXL 1024)
     grad_accum: int = 4
     batch_size: int = 1
     schedule: str = "constant"
@@ -47,14 +47,19 @@ class TrainRequest:
     checkpoint_every: int = 0
 
 
+class JobBusy(RuntimeError):
+    """A training job is already running (the web UI trains one at a time)."""
+
+
 @dataclass
 class Job:
-    """One training run: the cancel flag and the live loss, shared with the UI/API."""
+    """The training run: the cancel flag and the live loss, shared with the UI/API."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
     losses: list[float] = field(default_factory=list)
     total: int = 0
     status: str = "idle"
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 CURRENT = Job()
@@ -64,7 +69,7 @@ def checkpoint_file() -> tuple[str, str]:
     """(path, base) of the checkpoint the web UI has loaded."""
     from modules import shared
 
-    from krona_core.train_diffusers import detect_checkpoint_base
+    from krona_core import families
 
     info = getattr(shared.sd_model, "sd_checkpoint_info", None)
     path = getattr(info, "filename", None)
@@ -75,8 +80,10 @@ def checkpoint_file() -> tuple[str, str]:
     from safetensors import safe_open
 
     with safe_open(path, "pt") as fh:
-        shapes = {k: () for k in fh.keys()}
-    return path, detect_checkpoint_base(shapes)
+        family = families.detect({k: () for k in fh.keys()})  # single-file key markers suffice
+    if family is None:
+        raise ValueError(f"{path}: not a checkpoint of a model family KronA trains ({', '.join(families.names())})")
+    return path, family.name
 
 
 def find_tokenizer(base: str, explicit: str = "") -> str:
@@ -93,68 +100,81 @@ def find_tokenizer(base: str, explicit: str = "") -> str:
 
 
 def output_path(name: str) -> Path:
-    from krona_core.progress import unique_path
+    from krona_core.util.progress import unique_path
 
     clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "krona"
     return unique_path(Path(krona_dir()), clean, SUFFIX)
 
 
 def train(request: TrainRequest, on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train on the web UI's loaded checkpoint with krona_core's trainer; write models/krona/NAME_NNNNN."""
-    from modules import devices
+    """Train on the web UI's loaded checkpoint with krona_core's job; write models/krona/NAME_NNNNN.
 
-    from krona_core.format import save
-    from krona_core.images import load_folder
-    from krona_core.plot import loss_curve, save_png
-    from krona_core.train import TrainConfig, TrainingInterrupted, generate_class_examples, prepare_examples
-    from krona_core.train import train as run
-    from krona_core.train_diffusers import load_single_file
+    Raises JobBusy while another job runs; a failure leaves the status at "failed: <reason>"."""
+    from krona_core.train.config import TrainingInterrupted
 
     job = CURRENT
-    job.cancel.clear()
-    job.losses = []
-    job.total = request.steps
-    job.status = "loading"
+    if not job.lock.acquire(blocking=False):
+        raise JobBusy("a KronA training job is already running: wait for it or cancel it")
+    try:
+        job.cancel.clear()
+        job.losses = []
+        job.total = request.steps
+        job.status = "loading"
+        return _train(request, on_step)
+    except TrainingInterrupted as exc:
+        job.status = str(exc)
+        return {"cancelled": True, "checkpoint": exc.checkpoint, "losses": job.losses}
+    except Exception as exc:
+        job.status = f"failed: {exc}"
+        raise
+    finally:
+        job.lock.release()
+
+
+def _train(request: TrainRequest, on_step: Callable[[int, float], None] | None) -> dict:
+    from modules import devices
+
+    from krona_core.train.config import TrainConfig
+    from krona_core.train.diffusers_backend import load_single_file
+    from krona_core.train.job import JobEvents, JobSpec, run_job
+    from krona_core.util.images import load_folder
+
+    job = CURRENT
     path, base = checkpoint_file()
-    denoiser = load_single_file(path, find_tokenizer(base, request.tokenizer_dir), device=str(devices.device))
     loaded = load_folder(request.images_dir)
-    prompts = [caption or request.instance_prompt for _, _, caption in loaded]
-    examples = prepare_examples(denoiser, [img for _, img, _ in loaded], prompts, request.resolution)
-    classes = []
-    if request.class_prompt and request.num_class_images:
-        classes = generate_class_examples(denoiser, request.class_prompt, request.num_class_images,
-                                          tuple(examples[0].latent.shape), request.seed + 10_000)
     out = output_path(request.name)
-    config = TrainConfig(steps=request.steps, lr=request.learning_rate, a1=request.a1, a2=request.a2,
+    config = TrainConfig(steps=request.steps or None, lr=request.learning_rate, a1=request.a1, a2=request.a2,
                          targets=request.targets, seed=request.seed, grad_accum=request.grad_accum,
                          batch_size=request.batch_size, schedule=request.schedule,
                          train_text_encoder=request.train_text_encoder, checkpoint_every=request.checkpoint_every,
                          checkpoint_dir=str(out.with_name(out.name[: -len(SUFFIX)] + ".checkpoints")))
+    spec = JobSpec(images=[img for _, img, _ in loaded], captions=[caption for _, _, caption in loaded],
+                   instance_prompt=request.instance_prompt, config=config, resolution=request.resolution or None,
+                   class_prompt=request.class_prompt, num_class_images=request.num_class_images,
+                   trigger_words=request.trigger_words or None, title=out.name[: -len(SUFFIX)],
+                   record={"host": "webui", "base_file": os.path.basename(path)}, out=str(out))
+    spec.validate()  # before the checkpoint is loaded
+    denoiser = load_single_file(path, find_tokenizer(base, request.tokenizer_dir), device=str(devices.device))
 
-    def step(done: int, loss: float, lr: float) -> None:
+    def step(done: int, total: int, loss: float, lr: float) -> None:
         job.losses.append(loss)
-        job.status = f"step {done}/{request.steps}, loss {loss:.4f}"
+        job.total = total
+        job.status = f"step {done}/{total}, loss {loss:.4f}"
         if on_step:
             on_step(done, loss)
 
     job.status = "training"
-    try:
-        result = run(denoiser, examples, config, class_examples=classes, on_step=step, should_stop=job.cancel.is_set)
-    except TrainingInterrupted as exc:
-        job.status = str(exc)
-        return {"cancelled": True, "checkpoint": exc.checkpoint, "losses": job.losses}
-    words = [w.strip() for w in (request.trigger_words or request.instance_prompt).split(",") if w.strip()]
-    save(out, result.handles, trigger_words=words, training={**result.record, "host": "webui", "base_file": os.path.basename(path)})
-    curve = save_png(loss_curve(result.losses, title=f"{out.name}: loss per step"), str(out)[: -len(SUFFIX)] + ".loss.png")
+    result = run_job(denoiser, spec, JobEvents(on_step=step, should_stop=job.cancel.is_set))
+    result.remove_adapters()
     job.status = f"saved {out.name}"
     name = os.path.splitext(out.name)[0]
-    return {"cancelled": False, "path": str(out), "name": name, "tag": f"<krona:{name[: -len('.krona')]}:1>",
-            "losses": result.losses, "loss_curve": curve}
+    return {"cancelled": False, "path": result.path, "name": name, "tag": f"<krona:{name[: -len('.krona')]}:1>",
+            "losses": result.train.losses, "loss_curve": result.curve_path}
 
 
 def inspect(name: str) -> str:
-    from krona_core.describe import describe
-    from krona_core.format import read
+    from krona_core.files.describe import describe
+    from krona_core.files.reader import read
 
     path = krona_files().get(name)
     if path is None:
@@ -163,18 +183,9 @@ def inspect(name: str) -> str:
 
 
 def convert(src: str, dst: str, to: str = "", a1: int = 64, a2: int = 8, budget: int = 0, rank: int = 0) -> str:
-    """The CLI converter (krona_core.cli_convert), for the tab."""
-    import argparse
-    import contextlib
-    import io
-
-    from krona_core.cli_convert import run_convert
+    """krona_core's converter for the tab and the API; relative outputs land in models/krona."""
+    from krona_core.convert.convert import convert_file
 
     if dst and not os.path.isabs(dst):
         dst = os.path.join(krona_dir(), dst)
-    args = argparse.Namespace(src=src, dst=dst, to=to or None, a1=a1, a2=a2, budget=budget or None, rank=rank or None,
-                              base=None, float32=False)
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        run_convert(args)
-    return buffer.getvalue()
+    return convert_file(src, dst, to or None, a1, a2, budget or None, rank or None).text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from krona_core.format import SUFFIX
+from krona_core.files.model import SUFFIX
 
 TAG = re.compile(r"<krona:([^:>]+)((?::[^>]*)?)>")
 

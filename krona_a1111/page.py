@@ -8,7 +8,8 @@ import os
 from modules import shared, ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
-from krona_core.format import KronAFileError, read_summary
+from krona_core.files.model import KronAFileError
+from krona_core.files.reader import read_summary
 
 from .networks import krona_dir, krona_files, lora_dir
 

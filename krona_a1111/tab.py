@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from krona_core.adapters.targets import PRESETS
+
 from . import backend
 from .networks import krona_files
 
@@ -11,7 +13,8 @@ from .networks import krona_files
 def _train(images_dir, instance_prompt, name, steps, lr, a1, a2, targets, seed, resolution, grad_accum, class_prompt,
            num_class_images, train_text_encoder, trigger_words, tokenizer_dir, progress=gr.Progress()):
     def on_step(step: int, loss: float) -> None:
-        progress(step / steps, desc=f"step {step}/{steps} · loss {loss:.4f}")
+        total = backend.CURRENT.total or step
+        progress(step / total, desc=f"step {step}/{total} · loss {loss:.4f}")
 
     request = backend.TrainRequest(images_dir=images_dir, instance_prompt=instance_prompt, name=name, steps=int(steps),
                                    learning_rate=float(lr), a1=int(a1), a2=int(a2), targets=targets, seed=int(seed),
@@ -20,7 +23,7 @@ def _train(images_dir, instance_prompt, name, steps, lr, a1, a2, targets, seed, 
                                    trigger_words=trigger_words, tokenizer_dir=tokenizer_dir)
     try:
         result = backend.train(request, on_step)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, backend.JobBusy) as exc:
         return f"**Error:** {exc}", None
     if result["cancelled"]:
         return f"Cancelled; checkpoint kept: `{result['checkpoint']}`", None
@@ -37,7 +40,7 @@ def _inspect(name):
 def _convert(src, dst, to, a1, a2, budget, rank):
     try:
         return backend.convert(src, dst, to, int(a1), int(a2), int(budget), int(rank))
-    except BaseException as exc:  # the converter exits with SystemExit on refused input
+    except (ValueError, OSError) as exc:  # refused input: the reason, the UI keeps working
         return f"Error: {exc}"
 
 
@@ -52,14 +55,14 @@ def on_ui_tabs():
                 instance_prompt = gr.Textbox(label="Instance prompt", value="a photo of sks person")
                 name = gr.Textbox(label="Name", value="krona")
             with gr.Row():
-                steps = gr.Number(label="Steps", value=500, precision=0)
+                steps = gr.Number(label="Steps (0 = the model's default: 500, SDXL 1000)", value=0, precision=0)
                 lr = gr.Number(label="Learning rate", value=1e-3)
                 a1 = gr.Number(label="a1", value=64, precision=0)
                 a2 = gr.Number(label="a2", value=8, precision=0)
-                targets = gr.Dropdown(label="Targets", choices=["attn", "attn+ff", "all-linear", "all"], value="attn")
+                targets = gr.Dropdown(label="Targets", choices=list(PRESETS), value="attn")
                 seed = gr.Number(label="Seed", value=0, precision=0)
             with gr.Row():
-                resolution = gr.Number(label="Resolution", value=512, precision=0)
+                resolution = gr.Number(label="Resolution (0 = the model's default: 512, SDXL 1024)", value=0, precision=0)
                 grad_accum = gr.Number(label="Gradient accumulation", value=4, precision=0)
                 class_prompt = gr.Textbox(label="Class prompt (prior preservation)")
                 num_class_images = gr.Number(label="Class images to generate", value=0, precision=0)

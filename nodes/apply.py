@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..krona_core.blocks import BlockSpecError, BlockStrengths
-from ..krona_core.format import KronAFileError, read
+from ..krona_core.adapters.blocks import BlockSpecError, BlockStrengths
+from ..krona_core.files.model import KronAFileError
+from ..krona_core.files.reader import read
 from . import folders
 from .comfy_patch import KronAApplyError, apply_to
 

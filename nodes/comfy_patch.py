@@ -24,19 +24,15 @@ import torch
 from comfy.patcher_extension import PatcherInjection
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ..krona_core.blocks import BlockStrengths
-from ..krona_core.format import KronAFile
-from ..krona_core.kron import KronShape, kron_conv2d, kron_linear, materialise
+from ..krona_core import families
+from ..krona_core.adapters.blocks import BlockStrengths
+from ..krona_core.files.model import KronAFile
+from ..krona_core.naming.kohya import TEXT_PREFIXES
+from ..krona_core.ops.bypass import ConvSpec, RowSlice, add_kron_delta, scaled_w1
+from ..krona_core.ops.matmul import materialise
+from ..krona_core.ops.shapes import KronShape
 
 log = logging.getLogger("ComfyUI-KronA")
-
-# ComfyUI model_config class → the base names written in krona.base_model
-COMFY_BASES = {
-    "SD15": "sd1", "SD15_instructpix2pix": "sd1",
-    "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SD20_instructpix2pix": "sd2",
-    "SDXL": "sdxl", "SDXL_instructpix2pix": "sdxl", "SDXLRefiner": "sdxl-refiner", "SSD1B": "sdxl",
-    "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl", "KOALA_1B": "sdxl",
-}
 _injection_ids = itertools.count()
 
 
@@ -50,8 +46,14 @@ def model_type(patcher) -> str:
     return type(config).__name__ if config is not None else type(getattr(patcher, "model", patcher)).__name__
 
 
+def model_family(patcher) -> families.Family | None:
+    """The model family of a ModelPatcher (from ComfyUI's model_config class)."""
+    return families.for_comfy_model(model_type(patcher))
+
+
 def model_base(patcher) -> str | None:
-    return COMFY_BASES.get(model_type(patcher))
+    family = model_family(patcher)
+    return family.name if family is not None else None
 
 
 class KronAWeightAdapter(WeightAdapterBase):
@@ -144,38 +146,29 @@ def add_merge_patches(patcher, resolution: Resolution, strength: float, blocks: 
 
 
 class _BypassHook:
-    """Forward hook adding strength · (x through kron(w1, w2)) to one module's output."""
+    """Forward hook adding strength · (x through kron(w1, w2)) to one module's output, with
+    krona_core's one bypass forward (fused-row slices, conv padding modes included)."""
 
     def __init__(self, target: Target, strength: float):
         self.target = target
         self.strength = strength
         self.handle = None
+        self.rows = RowSlice(target.offset[1], target.offset[2]) if target.offset is not None else None
         self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(strength · w1, w2) on x's device and dtype: the strength rides on the small factor,
-        sparing a pass over every output."""
+        """(strength · w1, w2) on x's device and dtype, cast once per device and dtype."""
         key = (x.device, x.dtype)
         if key not in self.cache:
-            w1 = self.target.w1.to(x.device, torch.float32) * self.strength
-            self.cache = {key: (w1.to(x.dtype), self.target.w2.to(x.device, x.dtype))}
+            self.cache = {key: (scaled_w1(self.target.w1, self.strength, x.dtype, x.device),
+                                self.target.w2.to(x.device, x.dtype))}
         return self.cache[key]
 
     def __call__(self, module, args, output):
         x = args[0]
         w1, w2 = self.factors(x)
-        if w2.dim() == 4 or isinstance(module, torch.nn.Conv2d):
-            if w2.dim() == 2:
-                w2 = w2[:, :, None, None]
-            delta = kron_conv2d(x, w1, w2, module.stride, module.padding, module.dilation)
-        else:
-            delta = kron_linear(x, w1, w2)
-        if self.target.offset is None:
-            return output + delta.to(output.dtype)
-        _dim, start, size = self.target.offset
-        output = output.clone()
-        output[..., start:start + size] += delta.to(output.dtype)
-        return output
+        conv = ConvSpec.of(module) if isinstance(module, torch.nn.Conv2d) else None
+        return add_kron_delta(output, x, w1, w2, conv, rows=self.rows)
 
 
 def add_bypass_injection(patcher, resolution: Resolution, strength: float, blocks: BlockStrengths | None = None) -> str:
@@ -209,7 +202,7 @@ def apply_to(model, clip, file: KronAFile, strength_model: float, strength_clip:
     """Clone and patch (model, clip) with a KronA file; (new_model, new_clip, report lines)."""
     report: list[str] = []
     unet = resolve(file, model, unet_key_map(model), ("lora_unet_",), "UNet") if model is not None else None
-    te = resolve(file, clip.patcher, clip_key_map(clip), ("lora_te_", "lora_te1_", "lora_te2_"), "text-encoder") if clip is not None else None
+    te = resolve(file, clip.patcher, clip_key_map(clip), TEXT_PREFIXES, "text-encoder") if clip is not None else None
     has_unet = any(k.startswith("lora_unet_") for k in file.modules)
     has_te = any(k.startswith("lora_te") for k in file.modules)
     matched = (len(unet.targets) if unet else 0) + (len(te.targets) if te else 0)

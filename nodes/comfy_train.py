@@ -3,6 +3,9 @@
 Predictions go through ComfyUI's own `apply_model` (dtype casting, wrappers and the model's
 existing weight patches such as LoRAs all apply), which returns the denoised latent in ComfyUI's
 σ-parameterisation; it is turned back into the model's native ε or v for the shared loop.
+
+Use it as a context manager: the host's parameters are swapped for trainable copies on entry
+and put back on exit, whatever happens in between (preparing images, class images, training).
 """
 
 from __future__ import annotations
@@ -13,19 +16,14 @@ import comfy.model_base
 import comfy.model_management
 import torch
 
-from ..krona_core.train import Cond, SizeInfo
-from .comfy_patch import model_base
+from ..krona_core.train.denoiser import Cond, SizeInfo
+from .comfy_patch import model_family
 
 
 class ComfyDenoiser:
     def __init__(self, model, clip, vae):
         self.model, self.clip, self.vae = model, clip, vae
-        comfy.model_management.load_models_gpu([model])
         self.base_model = model.model
-        sampling = model.get_model_object("model_sampling")
-        sigmas = sampling.sigmas.detach().float().cpu()
-        self.sigmas = sigmas
-        self.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
         model_type = getattr(self.base_model, "model_type", comfy.model_base.ModelType.EPS)
         if model_type == comfy.model_base.ModelType.EPS:
             self.prediction_type = "epsilon"
@@ -33,23 +31,37 @@ class ComfyDenoiser:
             self.prediction_type = "v_prediction"
         else:
             raise ValueError(f"Train KronA supports ε- and v-prediction SD models, not {model_type}")
+        self.family = model_family(model)
+        self.size_conditioning = bool(self.family is not None and self.family.size_conditioning)
         self.device = comfy.model_management.get_torch_device()
-        self.base = model_base(model)
-        self.sdxl = self.base == "sdxl"
-        # Nodes run under torch.inference_mode, so ComfyUI's weights are inference tensors, which
-        # autograd may not save for backward. For the duration of training each such parameter is
-        # swapped for a normal copy with the same values; close() puts the host's own objects back.
+        sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+        self.sigmas = sigmas
+        self.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
         self._swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
         self._frozen: list[torch.nn.Parameter] = []
-        for network in self.networks().values():
-            for module in network.modules():
-                for name, param in list(module.named_parameters(recurse=False)):
-                    if param.is_inference():
-                        setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
-                        self._swapped.append((module, name, param))
-                    elif param.requires_grad:  # only the adapters train: no .grad memory for the host's weights
-                        param.requires_grad_(False)
-                        self._frozen.append(param)
+
+    def __enter__(self) -> "ComfyDenoiser":
+        """Load the model and make it trainable. Nodes run under torch.inference_mode, so ComfyUI's
+        weights are inference tensors, which autograd may not save for backward: for the duration of
+        training each such parameter is swapped for a normal copy with the same values."""
+        comfy.model_management.load_models_gpu([self.model])
+        try:
+            for network in self.networks().values():
+                for module in network.modules():
+                    for name, param in list(module.named_parameters(recurse=False)):
+                        if param.is_inference():
+                            setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
+                            self._swapped.append((module, name, param))
+                        elif param.requires_grad:  # only the adapters train: no .grad memory for the host's weights
+                            param.requires_grad_(False)
+                            self._frozen.append(param)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         """Put the host's own parameters and requires_grad flags back."""
@@ -63,11 +75,10 @@ class ComfyDenoiser:
     def networks(self) -> dict[str, torch.nn.Module]:
         nets = {"unet": self.base_model.diffusion_model}
         encoders = self.clip.cond_stage_model
-        names = {"sd1": [("te", "clip_l")], "sd2": [("te", "clip_h")], "sdxl": [("te1", "clip_l"), ("te2", "clip_g")]}
-        for network, attribute in names.get(self.base, []):
-            module = getattr(encoders, attribute, None)
+        for encoder in (self.family.text_encoders if self.family is not None else ()):
+            module = getattr(encoders, encoder.comfy_attribute, None)
             if module is not None:
-                nets[network] = module
+                nets[encoder.network] = module
         return nets
 
     def encode_prompts(self, prompts: Sequence[str], sizes: Sequence[SizeInfo]) -> Cond:
@@ -75,7 +86,7 @@ class ComfyDenoiser:
         for prompt, size in zip(prompts, sizes):
             cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
             conds.append(cond)
-            if self.sdxl:
+            if self.size_conditioning:
                 (oh, ow), (top, left), (th, tw) = size.original, size.crop, size.target
                 adms.append(self.base_model.encode_adm(pooled_output=pooled, width=ow, height=oh, crop_w=left,
                                                        crop_h=top, target_width=tw, target_height=th))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..krona_core.convert import ConvertError, read_source, to_krona
-from ..krona_core.merge import merge_files
+from ..krona_core import families
+from ..krona_core.convert.convert import to_krona
+from ..krona_core.convert.errors import ConvertError
+from ..krona_core.convert.merge import merge_files
+from ..krona_core.convert.sources import read_source
 from .load_info import KRONA
 
 
@@ -31,7 +34,7 @@ class LoRAToKronA(io.ComfyNode):
                 io.Int.Input("a2", default=8, min=1, max=4096),
                 io.Int.Input("parameter_budget", default=0, min=0, max=10**9, optional=True,
                              tooltip="Total KronA parameters, shapes chosen per layer by least error (0: use a1/a2)."),
-                io.Combo.Input("base", options=["auto", "sd1", "sd2", "sdxl"], default="auto", optional=True),
+                io.Combo.Input("base", options=["auto", *families.names()], default="auto", optional=True),
             ],
             outputs=[KRONA.Output(display_name="KRONA"), io.String.Output(display_name="report")],
         )

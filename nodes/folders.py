@@ -7,8 +7,9 @@ import re
 
 import folder_paths
 
+from ..krona_core.files.model import SUFFIX
+
 FOLDER = "krona"
-SUFFIX = ".krona.safetensors"
 
 
 def register() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..krona_core.format import KronAFileError, read_summary
+from ..krona_core.files.model import KronAFileError
+from ..krona_core.files.reader import read_summary
 from . import folders
 
 

@@ -7,7 +7,8 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..krona_core.format import KronAFileError, write_file
+from ..krona_core.files.model import KronAFileError, split_trigger_words
+from ..krona_core.files.writer import write_file
 from . import folders
 from .load_info import KRONA
 
@@ -43,7 +44,7 @@ class SaveKronA(io.ComfyNode):
             raise ValueError(f"Save KronA: metadata is not valid JSON ({exc})") from None
         if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
             raise ValueError("Save KronA: metadata must be a JSON object mapping strings to strings")
-        words = [w.strip() for w in trigger_words.split(",") if w.strip()] or None
+        words = split_trigger_words(trigger_words) or None
         try:
             path = folders.save_path(filename_prefix)
             write_file(path, krona, trigger_words=words, extra=extra, dtype=torch.float32 if float32 else torch.float16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -11,22 +12,17 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..krona_core.format import from_handles
-from ..krona_core.plot import loss_curve
-from ..krona_core.train import (
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-    generate_class_examples,
-    prepare_examples,
-    train,
-)
+from ..krona_core.adapters.targets import PRESETS
+from ..krona_core.train.config import TrainConfig, TrainingDiverged, TrainingInterrupted
+from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, run_job
 from . import folders
 from .comfy_patch import apply_to
 from .comfy_train import ComfyDenoiser
 from .load_info import KRONA
 
-TARGETS = ["attn", "attn+ff", "all-linear", "all"]
+log = logging.getLogger("ComfyUI-KronA")
+
+TARGETS = list(PRESETS)
 SCHEDULES = ["constant", "cosine", "linear"]
 EVENT = "krona.train"  # websocket message the web extension draws the live loss chart from
 
@@ -119,59 +115,56 @@ class TrainKronA(io.ComfyNode):
         run_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (name or "KronA"))
         checkpoint_dir = os.path.join(folders.folder_paths.get_folder_paths(folders.FOLDER)[0], "checkpoints",
                                       f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
-        if lines and len(lines) != images.shape[0]:
-            raise ValueError(f"Train KronA: {len(lines)} captions for {images.shape[0]} images (one line per image)")
+        config = TrainConfig(
+            steps=steps, lr=learning_rate, a1=a1, a2=a2, targets=targets, seed=seed, budget=parameter_budget or None,
+            schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
+            train_text_encoder=train_text_encoder, prior_loss_weight=prior_loss_weight, noise_offset=noise_offset,
+            min_snr_gamma=min_snr_gamma or None, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+            validate_every=preview_every, validation_prompt=validation_prompt or None,
+        )
         with torch.inference_mode(False), torch.enable_grad():
-            denoiser = ComfyDenoiser(model, clip, vae)
-            prompts = lines or [instance_prompt] * images.shape[0]
-            examples = prepare_examples(denoiser, _images(images), prompts, resolution)
-            class_examples = []
-            if class_prompt.strip():
-                if class_images is not None:
-                    class_examples = prepare_examples(denoiser, _images(class_images), [class_prompt] * class_images.shape[0],
-                                                      resolution, is_class=True)
-                elif num_class_images:
-                    class_examples = generate_class_examples(denoiser, class_prompt, num_class_images,
-                                                             tuple(examples[0].latent.shape), seed + 10_000)
-            config = TrainConfig(
-                steps=steps, lr=learning_rate, a1=a1, a2=a2, targets=targets, seed=seed, budget=parameter_budget or None,
-                schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
-                train_text_encoder=train_text_encoder, prior_loss_weight=prior_loss_weight, noise_offset=noise_offset,
-                min_snr_gamma=min_snr_gamma or None, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
-                validate_every=preview_every, validation_prompt=validation_prompt or instance_prompt,
-            )
-            bar = comfy.utils.ProgressBar(steps)
-            losses: list[float] = []
-
-            def on_step(step: int, loss: float, lr: float) -> None:
-                losses.append(loss)
-                bar.update_absolute(step, steps)
-                _send({"node": node_id, "step": step, "total": steps, "loss": loss, "lr": lr})
-
+            spec = JobSpec(images=_images(images), captions=[c.strip() for c in (captions or "").splitlines() if c.strip()],
+                           instance_prompt=instance_prompt, config=config, resolution=resolution, class_prompt=class_prompt,
+                           class_images=_images(class_images) if class_images is not None else (),
+                           num_class_images=num_class_images, title=run_name, record={"host": "ComfyUI"})
             try:
-                result = train(denoiser, examples, config, class_examples=class_examples, on_step=on_step,
-                               should_stop=comfy.model_management.processing_interrupted)
-            except TrainingInterrupted as exc:
-                _send({"node": node_id, "event": "cancelled", "step": exc.step, "checkpoint": exc.checkpoint})
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                raise
-            except TrainingDiverged as exc:
+                spec.validate()  # before the model is loaded
+                job = _train(model, clip, vae, spec, node_id)
+                new_model, new_clip, report = apply_to(model, clip, job.file, 1.0, 1.0)
+            except (JobError, TrainingDiverged) as exc:
                 raise ValueError(f"Train KronA: {exc}") from None
-            finally:
-                denoiser.close()
-            file = from_handles(result.handles, title=run_name, trigger_words=[instance_prompt],
-                                training={**result.record, "host": "ComfyUI"})
-            for handle in result.handles:
-                handle.remove()
-            new_model, new_clip, report = apply_to(model, clip, file, 1.0, 1.0)
-        curve = _to_image(loss_curve(result.losses, title=f"{run_name}: loss per step",
-                                     markers=[int(os.path.basename(c)[5:11]) for c in result.checkpoints]))
-        if result.previews:
-            previews = torch.stack([p.movedim(0, -1) for _, p in result.previews])
-        else:
-            previews = torch.zeros(1, 64, 64, 3)
-        _send({"node": node_id, "event": "done", "losses": result.losses})
-        text = (f"trained {run_name}: {len(file.modules)} modules, {file.num_parameters():,} parameters, final loss "
-                f"{result.losses[-1]:.4f}" + (f"; checkpoints in {checkpoint_dir}" if result.checkpoints else ""))
-        return io.NodeOutput(new_model, new_clip, file, curve, previews, ui=ui.PreviewText("\n".join([text, *report])))
+        losses = job.train.losses
+        previews = (torch.stack([p.movedim(0, -1) for _, p in job.train.previews]) if job.train.previews
+                    else torch.zeros(1, 64, 64, 3))
+        _send({"node": node_id, "event": "done", "losses": losses})
+        text = (f"trained {run_name}: {len(job.file.modules)} modules, {job.file.num_parameters():,} parameters, final loss "
+                f"{losses[-1]:.4f}" + (f"; checkpoints in {checkpoint_dir}" if job.train.checkpoints else ""))
+        return io.NodeOutput(new_model, new_clip, job.file, _to_image(job.curve), previews,
+                             ui=ui.PreviewText("\n".join([text, *report])))
+
+
+def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
+    """Run the job on ComfyUI's models; the host's model is restored and unhooked whatever happens."""
+    bars: dict[str, comfy.utils.ProgressBar] = {}
+
+    def on_step(done: int, total: int, loss: float, lr: float) -> None:
+        bars.setdefault("training", comfy.utils.ProgressBar(total)).update_absolute(done, total)
+        _send({"node": node_id, "step": done, "total": total, "loss": loss, "lr": lr})
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase == "class images" and total:
+            if done == 0:
+                log.info("Train KronA: generating %d class images", total)
+            bars.setdefault(phase, comfy.utils.ProgressBar(total)).update_absolute(done, total)
+        _send({"node": node_id, "event": "progress", "phase": phase, "done": done, "total": total})
+
+    events = JobEvents(on_step=on_step, on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
+    with ComfyDenoiser(model, clip, vae) as denoiser:
+        try:
+            job = run_job(denoiser, spec, events)
+        except TrainingInterrupted as exc:
+            _send({"node": node_id, "event": "cancelled", "step": exc.step, "checkpoint": exc.checkpoint})
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+        job.remove_adapters()  # the result goes back through ComfyUI's own patching (apply_to)
+    return job

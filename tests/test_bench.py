@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_bench_writes_a_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "krona_core", "bench", "--quick", "--bases", "sd1", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--bases", "sd1", "--out", str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "RESULTS-quick.md").read_text()

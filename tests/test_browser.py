@@ -42,9 +42,9 @@ def server(frontend, tmp_path_factory):
     from helpers.krona_files import random_krona
     from helpers.tiny_comfy import cached_checkpoint
 
-    from krona_core.images import to_uint8
-    from krona_core.plot import save_png
-    from krona_core.tiny import sample_images
+    from krona_core.util.images import to_uint8
+    from krona_core.util.plot import save_png
+    from krona_core.tiny.pipeline import sample_images
 
     with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, frontend_root=frontend) as srv:
         srv.add_model("checkpoints", cached_checkpoint("sd15"), name="v1-5-pruned-emaonly.safetensors")

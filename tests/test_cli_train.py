@@ -17,9 +17,9 @@ sys.path.insert(0, str(_TESTS))
 from helpers.tiny_diffusers import write_char_tokenizer, write_tiny_diffusers  # noqa: E402
 
 import krona_core  # noqa: E402
-from krona_core.images import to_uint8  # noqa: E402
-from krona_core.plot import save_png  # noqa: E402
-from krona_core.tiny import sample_images  # noqa: E402
+from krona_core.util.images import to_uint8  # noqa: E402
+from krona_core.util.plot import save_png  # noqa: E402
+from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
 

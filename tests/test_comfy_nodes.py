@@ -221,7 +221,7 @@ def test_load_info_save_round_trip(server, files):
 
 
 def test_merged_checkpoint_equals_apply_krona(server, files, tmp_path):
-    from krona_core.merge import merge_into_checkpoint
+    from krona_core.convert.merge import merge_into_checkpoint
 
     merged = tmp_path / "sd15-merged.safetensors"
     merge_into_checkpoint(files["sd15"], krona_core_load(files["a"]), 0.8, merged)

@@ -18,9 +18,9 @@ from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_nodes import graph, image, max_diff  # noqa: E402
 
 import krona_core  # noqa: E402
-from krona_core.images import to_uint8  # noqa: E402
-from krona_core.plot import save_png  # noqa: E402
-from krona_core.tiny import sample_images  # noqa: E402
+from krona_core.util.images import to_uint8  # noqa: E402
+from krona_core.util.plot import save_png  # noqa: E402
+from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
 pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")]

@@ -20,9 +20,9 @@ from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from helpers.workflow_convert import ui_to_api  # noqa: E402
 
-from krona_core.images import to_uint8  # noqa: E402
-from krona_core.plot import save_png  # noqa: E402
-from krona_core.tiny import sample_images  # noqa: E402
+from krona_core.util.images import to_uint8  # noqa: E402
+from krona_core.util.plot import save_png  # noqa: E402
+from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
 UI = sorted((ROOT / "example_workflows").glob("*.json"))

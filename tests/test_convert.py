@@ -14,17 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import krona_core
-from krona_core import keymap
-from krona_core.convert import (
-    ConvertError,
-    detect_format,
-    kron_to_lora,
-    read_source,
-    to_krona,
-    to_lora,
-)
-from krona_core.kron import materialise
-from krona_core.merge import merge_files, merge_into_checkpoint, merge_into_diffusers
+from krona_core.naming.unet import UNetKeyMap
+from krona_core.convert.convert import to_krona, to_lora
+from krona_core.convert.errors import ConvertError
+from krona_core.convert.lora_math import kron_to_lora
+from krona_core.convert.readers import reader_for
+from krona_core.convert.sources import read_source
+from krona_core.ops.matmul import materialise
+from krona_core.convert.merge import merge_files, merge_into_checkpoint, merge_into_diffusers
 
 ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-5
@@ -105,7 +102,7 @@ def test_official_import_matches_the_official_forward(official_file, tmp_path):
 def test_old_diffusers_lora_with_the_same_key_names_is_told_apart(tmp_path):
     tensors = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight": torch.randn(4, 768),
                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.up.weight": torch.randn(320, 4)}
-    assert detect_format(list(tensors), tensors) == "peft"
+    assert reader_for(tensors, "lora.safetensors").format == "peft"
     path = tmp_path / "lora.safetensors"
     save_file(tensors, path)
     source = read_source(path)
@@ -242,7 +239,7 @@ def test_merging_files(tmp_path):
 
 
 def _ldm_checkpoint(unet, te, path: Path) -> Path:
-    kmap = keymap.UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
+    kmap = UNetKeyMap.from_names(n for n, _ in unet.named_modules() if n)
     tensors = {"model.diffusion_model." + kmap.to_ldm(k): v.detach().clone() for k, v in unet.state_dict().items()}
     for k, v in te.state_dict().items():
         tensors["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v.detach().clone()
@@ -254,7 +251,7 @@ def test_merge_into_single_file_and_diffusers_checkpoints(tmp_path):
     from conftest import make_text_encoder, make_unet, randomize
     from helpers.tiny_diffusers import write_tiny_diffusers
 
-    from krona_core.tiny import build_tiny_pipeline
+    from krona_core.tiny.pipeline import build_tiny_pipeline
 
     unet, te = make_unet("sd1"), make_text_encoder(width=768)
     ckpt = _ldm_checkpoint(unet, te, tmp_path / "base.safetensors")
@@ -301,3 +298,41 @@ def test_unknown_keys_are_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "krona_core", "convert", str(path), str(tmp_path / "o.krona.safetensors")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "something.else" in result.stderr
+
+
+def test_mixed_formats_are_refused_with_a_reason(tmp_path):
+    path = tmp_path / "mixed.safetensors"
+    save_file({"lora_unet_x.lokr_w1": torch.ones(2, 2), "lora_unet_x.lokr_w2": torch.ones(2, 2),
+               "lora_unet_y.lora_down.weight": torch.ones(1, 4), "lora_unet_y.lora_up.weight": torch.ones(4, 1)}, path)
+    with pytest.raises(ConvertError, match="mixes keys of several adapter formats"):
+        read_source(path)
+
+
+def test_lycoris_full_files_read_back_exactly(tmp_path):
+    """`convert --to diff` writes LyCORIS "full" ΔWs; the Dense reader reads them back as written."""
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8))
+    handle = krona_core.attach(model, a1=4, a2=3, targets="all-linear", network="unet")
+    with torch.no_grad():
+        for _, adapter in handle.items():
+            adapter.w2.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    src = handle.save(str(tmp_path / "k.krona.safetensors"), dtype=torch.float32)
+    krona_core.convert_file(src, tmp_path / "k.diff.safetensors", to="diff", float32=True)
+    source = read_source(tmp_path / "k.diff.safetensors")
+    assert source.format == "diff"
+    (name, module), = source.modules.items()
+    w1, w2 = krona_core.load(src).modules[name]
+    assert torch.equal(module.dense().float(), materialise(w1, w2))
+    back = to_krona(source, 4, 3)
+    assert back.total_error < 1e-6  # a rank-1 Kronecker ΔW is found again by its nearest Kronecker product
+
+
+def test_peft_and_official_files_convert_without_diffusers(tmp_path, official_file):
+    """A ComfyUI install has no diffusers: module names come from the family registry."""
+    path, _ = official_file
+    code = ("import sys; sys.modules['diffusers'] = None\n"
+            "from krona_core.convert.sources import read_source\n"
+            f"s = read_source({str(path)!r}); print(s.format, s.base, len(s.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["official", "sd1", str(sum(len(p) for p in SD1_MODULES.values()))]

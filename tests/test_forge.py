@@ -23,9 +23,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     from helpers.krona_files import random_krona
     from helpers.tiny_comfy import cached_checkpoint
 
-    from krona_core.images import to_uint8
-    from krona_core.plot import save_png
-    from krona_core.tiny import sample_images
+    from krona_core.util.images import to_uint8
+    from krona_core.util.plot import save_png
+    from krona_core.tiny.pipeline import sample_images
 
     d = tmp_path_factory.mktemp("forge")
     images = d / "subject"
@@ -92,3 +92,35 @@ def test_training_from_the_tab_backend_writes_a_usable_file(forge, files):
     trained = forge.txt2img(f"a photo of sks toy {result['tag']}")
     assert result["tag"] == "<krona:trained_00001:1>"
     assert diff(trained, base) > 0
+
+
+def test_a_failed_training_reports_its_reason_and_a_second_job_is_refused(forge, files, tmp_path):
+    import threading
+    import time
+
+    from helpers.forge_server import ForgeRequestError
+
+    # a refused request: the status says why, it is not left at "training"
+    with pytest.raises(ForgeRequestError) as info:
+        forge.post_json("/krona/v1/train", {"images_dir": str(tmp_path / "missing"), "instance_prompt": "x"})
+    assert info.value.status == 422 and "not a folder of images" in str(info.value.body)
+    assert forge.get_json("/krona/v1/status")["status"].startswith("failed: ")
+
+    # one job at a time: a second request while the first trains is refused with 409
+    first: dict = {}
+    request = {"images_dir": str(files["images"]), "instance_prompt": "a photo of sks toy", "name": "long",
+               "steps": 400, "learning_rate": 0.02, "resolution": 64, "grad_accum": 1}
+    runner = threading.Thread(target=lambda: first.update(forge.post_json("/krona/v1/train", request, timeout=1800)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 900
+        while not forge.get_json("/krona/v1/status")["status"].startswith("step "):
+            assert runner.is_alive() and time.monotonic() < deadline, first
+            time.sleep(0.2)
+        with pytest.raises(ForgeRequestError) as busy:
+            forge.post_json("/krona/v1/train", {**request, "name": "second"})
+        assert busy.value.status == 409 and "already running" in str(busy.value.body)
+    finally:
+        forge.post_json("/krona/v1/cancel", {})
+        runner.join(timeout=900)
+    assert first["cancelled"] and len(first["losses"]) < 400

@@ -13,8 +13,10 @@ from conftest import make_text_encoder, make_unet, randomize, unet_inputs
 from safetensors.torch import load_file, save_file
 
 import krona_core
-from krona_core.format import KronAFileError, build_metadata, read, write
-from krona_core.kron import lycoris_loadable
+from krona_core.files.model import KronAFileError
+from krona_core.files.reader import read
+from krona_core.files.writer import build_metadata, write
+from krona_core.ops.shapes import lycoris_loadable
 
 
 def trained(base: str = "sd1", seed: int = 0):

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import krona_core
-from krona_core.format import KronAFileError, parse
+from krona_core.files.model import KronAFileError
+from krona_core.files.reader import parse
 
 COUNTS = {"cases": 0}
 

@@ -11,23 +11,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krona_core.kron import (
-    KronShape,
-    candidate_shapes,
-    choose_order,
-    choose_shape,
-    divisors,
-    kron_conv2d,
-    kron_flops,
-    kron_linear,
-    kron_rearrange,
-    lora_flops,
-    lora_params,
-    materialise,
-    nearest_divisor,
-    nearest_kronecker,
-    plan_budget,
-)
+from krona_core.ops.matmul import kron_conv2d, kron_linear, materialise
+
+from krona_core.ops.nearest import kron_rearrange, nearest_kronecker
+
+from krona_core.ops.shapes import KronShape, candidate_shapes, choose_order, choose_shape, divisors, kron_flops, lora_flops, lora_params, nearest_divisor, plan_budget
 
 REL = 1e-5
 

@@ -12,7 +12,7 @@ from conftest import make_text_encoder, make_unet, randomize, unet_inputs
 from torch.func import functional_call
 
 import krona_core
-from krona_core.kron import materialise
+from krona_core.ops.matmul import materialise
 
 ATTN = re.compile(r"(attn\d\.(to_q|to_k|to_v|to_out\.0)|self_attn\.(q|k|v|out)_proj)$")
 

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 import krona_core
-from krona_core.evaluation import build_task, delta_recovery, gap_closed, run_student, tiny_denoiser
-from krona_core.tiny import build_tiny_pipeline, sample_images
-from krona_core.train import (
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-    buckets_for,
-    examples_from_latents,
-    fit_to_bucket,
-    generate_class_examples,
-    lr_factor,
-    prepare_examples,
-    train,
-)
+from krona_core.tiny.teacher import build_task, delta_recovery, gap_closed, run_student, tiny_denoiser
+from krona_core.tiny.pipeline import build_tiny_pipeline, sample_images
+from krona_core.train.config import TrainConfig, TrainingDiverged, TrainingInterrupted
+from krona_core.train.data import buckets_for, examples_from_latents, fit_to_bucket, prepare_examples
+from krona_core.train.loop import attach_adapters, fit, train
+from krona_core.train.objective import lr_factor
+from krona_core.train.sampling import generate_class_examples
 
 
 @pytest.fixture(scope="module")
@@ -70,33 +63,48 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(task, tmp_path):
         assert torch.equal(a.w1, b.w1) and torch.equal(a.w2, b.w2), path
 
 
+class NaNAfter:
+    """A test backend: the wrapped denoiser, whose predictions turn NaN after `calls` predictions."""
+
+    def __init__(self, denoiser, calls: int):
+        self.inner, self.calls = denoiser, calls
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, x_t, t, cond):
+        self.calls -= 1
+        out = self.inner.predict(x_t, t, cond)
+        return out * float("nan") if self.calls < 0 else out
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(task, tmp_path):
     config = small(steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=4)
+    student = NaNAfter(task.fresh_student(), calls=6 * config.grad_accum)  # step 6's first prediction is NaN
+    handles = attach_adapters(student, config)
     seen = {}
-
-    def inject(step, loss):
-        return loss * float("nan") if step == 6 else loss
 
     def record(step, loss, lr):
         if step == 4:
-            seen.update({p: (a.w1.detach().clone(), a.w2.detach().clone()) for p, a in handles_ref[0].items()})
-
-    student = task.fresh_student()
-    handles_ref = []
-    original = krona_core.train._attach
-
-    def capture(denoiser, cfg):
-        handles_ref[:] = original(denoiser, cfg)
-        return handles_ref
+            seen.update({p: (a.w1.detach().clone(), a.w2.detach().clone()) for p, a in handles[0].items()})
 
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 6.*step_000004\.krona\.safetensors"):
-        train(student, task.examples, config, loss_hook=inject, on_step=record, adapters=capture)
+        fit(student, handles, task.examples, config, on_step=record)
     kept = krona_core.load(tmp_path / "step_000004.krona.safetensors")
     assert kept.training["steps_done"] == 4
-    names = dict(zip(handles_ref[0].paths(), handles_ref[0].factors()))
+    names = dict(zip(handles[0].paths(), handles[0].factors()))
     for path, (w1, w2) in seen.items():
         assert torch.equal(kept.modules[names[path]][0], w1) and torch.equal(kept.modules[names[path]][1], w2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000004.krona.safetensors", "step_000004.state.safetensors"]
+
+
+def test_a_failed_run_leaves_the_model_unhooked(task):
+    student = NaNAfter(task.fresh_student(), calls=3)
+    unet = student.inner.unet
+    assert not any(m._forward_hooks for m in unet.modules())
+    with pytest.raises(TrainingDiverged):
+        train(student, task.examples, small(steps=3))
+    assert not any(m._forward_hooks for m in unet.modules())  # every adapter hook was removed
 
 
 def test_prior_preservation_v_prediction_min_snr_noise_offset_and_schedules():
@@ -137,8 +145,8 @@ def test_sdxl_layout_with_two_text_encoders_and_size_conditioning():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from conftest import make_unet
-    from krona_core.tiny import TINY_VAE, HashTokenizer
-    from krona_core.train_diffusers import DiffusersDenoiser, sd_alphas_cumprod
+    from krona_core.tiny.pipeline import HashTokenizer, TINY_VAE
+    from krona_core.train.diffusers_backend import DiffusersDenoiser, sd_alphas_cumprod
 
     torch.manual_seed(0)
     unet = make_unet("sdxl")  # cross-attention 2048 = 768 + 1280, pooled 1280 + 6×8 time ids

@@ -130,6 +130,8 @@ app.registerExtension({
         state.status = "done";
       } else if (detail.event === "cancelled") {
         state.status = `cancelled at step ${detail.step}`;
+      } else if (detail.event === "progress") {
+        state.status = `${detail.phase} ${detail.done}/${detail.total}`;
       } else {
         if (detail.step === 1) state.losses = [];
         state.losses.push(detail.loss);

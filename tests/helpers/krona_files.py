@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from krona_core import keymap
-from krona_core.format import build_metadata, write
-from krona_core.kron import choose_shape
+from krona_core import families
+from krona_core.naming.kohya import split_kohya_key
+from krona_core.files.writer import build_metadata, write
+from krona_core.ops.shapes import choose_shape
 
 ATTN = re.compile(r"(attn\d_to_(q|k|v|out_0)|self_attn_(q|k|v|out)_proj)$")
 
@@ -29,8 +30,8 @@ def random_krona(checkpoint: Path, out: Path, base: str, *, seed: int = 0, a1: i
     """A seeded random KronA file adapting the attention layers of `checkpoint` (every n-th one)."""
     g = torch.Generator().manual_seed(seed)
     modules = {}
-    found = keymap.checkpoint_modules(checkpoint_shapes(checkpoint), base)
-    names = [n for n in sorted(found) if ATTN.search(n) and keymap.split_kohya_key(n)[0] in networks]
+    found = families.get(base).checkpoint_modules(checkpoint_shapes(checkpoint))
+    names = [n for n in sorted(found) if ATTN.search(n) and split_kohya_key(n)[0] in networks]
     for name in names[::every]:
         shape = choose_shape(found[name][1], a1, a2)
         w1 = torch.randn(shape.w1_shape, generator=g) * 4 * scale

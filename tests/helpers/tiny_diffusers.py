@@ -33,7 +33,7 @@ def write_tiny_diffusers(directory: Path, seed: int = 0) -> Path:
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    from krona_core.tiny import build_tiny_pipeline
+    from krona_core.tiny.pipeline import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed)
     directory.mkdir(parents=True, exist_ok=True)

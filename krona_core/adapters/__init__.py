@@ -1,0 +1,2 @@
+"""KronA adapters on torch models: target selection, attach / apply / merge, per-block strengths,
+parameter counts."""

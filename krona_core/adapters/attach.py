@@ -1,0 +1,108 @@
+"""attach(): trainable KronA adapters on the matching layers of any torch model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import families
+from ..naming.kohya import KeyMapError, detect_naming
+from ..ops.shapes import KronShape, choose_shape, lycoris_shape, plan_budget
+from .layers import KronAAdapter, KronANetwork
+from .targets import select
+
+
+def detect_network(model: nn.Module) -> tuple[str | None, str | None]:
+    """(network, family name) of a model from its module names and shapes, None where it cannot tell."""
+    names = [n for n, _ in model.named_modules() if n]
+    try:
+        style = detect_naming(names)
+    except KeyMapError:
+        return None, None
+    if style in ("diffusers", "ldm"):
+        shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        family = families.detect(shapes)
+        return "unet", family.name if family else None
+    # a text encoder: its width tells the family (a 768-wide CLIP-L is SD1's by priority)
+    for n, m in model.named_modules():
+        if n.endswith("self_attn.q_proj") and isinstance(m, nn.Linear):
+            found = families.for_text_encoder(m.in_features)
+            return (found[0], found[1].name) if found else ("te", None)
+    return "te", None
+
+
+def attach(
+    model: nn.Module,
+    a1: int = 64,
+    a2: int = 8,
+    targets: str | Sequence[str] = "attn",
+    *,
+    exclude: str | Sequence[str] | None = None,
+    budget: int | None = None,
+    shapes: Mapping[str, KronShape] | None = None,
+    network: str | None = None,
+    base: str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = None,
+    strength: float = 1.0,
+    lycoris_compatible: bool = False,
+) -> KronANetwork:
+    """Add trainable KronA adapters to the matching Linear/Conv2d modules of `model`.
+
+    Factor shapes come from (a1, a2) with the divisor fallback (`kron.choose_shape`), or from a
+    total parameter `budget` (`kron.plan_budget`), or explicitly per module path (`shapes`,
+    which also fixes the module set). `network`/`base` name the adapters in saved files
+    (detected from the model when omitted). Factors follow each base layer's device and dtype
+    unless `dtype` is given. lycoris_compatible picks square w1 factors of about a1 × a1 that
+    LyCORIS's own loader can read back (`kron.lycoris_shape`); every host UI reads any shape.
+    """
+    detected_network, detected_base = detect_network(model)
+    network = network or detected_network
+    base = base or detected_base
+    chosen = _chosen_modules(model, targets, exclude, shapes)
+    plan, rule = _plan({p: tuple(m.weight.shape) for p, m in chosen}, a1, a2, budget, shapes, lycoris_compatible)
+    handle = KronANetwork(model, network, base)
+    handle.targets = [targets] if isinstance(targets, str) else list(targets)
+    handle.rule = rule
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path, module in chosen:
+            adapter = KronAAdapter(module, plan[path], dtype=dtype, generator=generator)
+            adapter.strength = float(strength)
+            handle._add(path, module, adapter)
+    return handle
+
+
+def _chosen_modules(model: nn.Module, targets, exclude, shapes: Mapping[str, KronShape] | None) -> list[tuple[str, nn.Module]]:
+    if shapes is not None:
+        modules = dict(model.named_modules())
+        missing = [p for p in shapes if p not in modules]
+        if missing:
+            raise ValueError(f"{len(missing)} module path(s) not in the model, e.g. {missing[:3]}")
+        chosen = [(p, modules[p]) for p in shapes]
+    else:
+        chosen = select(model.named_modules(), targets, exclude)
+    if not chosen:
+        raise ValueError(f"no Linear/Conv2d module of {type(model).__name__} matches targets={targets!r}")
+    return chosen
+
+
+def _plan(weight_shapes: dict[str, tuple[int, ...]], a1: int, a2: int, budget: int | None,
+          shapes: Mapping[str, KronShape] | None, lycoris_compatible: bool) -> tuple[dict[str, KronShape], dict]:
+    """Per-layer factor shapes and the rule that chose them (recorded in the file)."""
+    if shapes is not None:
+        plan, rule = dict(shapes), {"mode": "explicit"}
+    elif budget is not None:
+        plan, rule = plan_budget(weight_shapes, budget, a1, a2), {"mode": "budget", "budget": int(budget), "a1": a1, "a2": a2}
+    elif lycoris_compatible:
+        plan, rule = {p: lycoris_shape(s, a1) for p, s in weight_shapes.items()}, {"mode": "lycoris", "factor": a1}
+    else:
+        plan, rule = {p: choose_shape(s, a1, a2) for p, s in weight_shapes.items()}, {"mode": "factors", "a1": a1, "a2": a2}
+    for p, s in weight_shapes.items():
+        if plan[p].weight_shape != s:
+            raise ValueError(f"{p}: factor shapes give {plan[p].weight_shape}, layer weight is {s}")
+    return plan, rule

@@ -1,0 +1,1 @@
+"""The command line, `python -m krona_core` / `krona`: demo, train, info, convert, merge."""

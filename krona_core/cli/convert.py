@@ -1,0 +1,71 @@
+"""`python -m krona_core convert` and `merge`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from .. import families
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="KronA, LyCORIS LoKr, kohya/ComfyUI/diffusers-PEFT LoRA or official DiffuseKronA .safetensors")
+    p.add_argument("dst", help="output file; *.krona.safetensors → KronA, otherwise see --to")
+    p.add_argument("--to", choices=["krona", "lora", "diff"], default=None,
+                   help="krona (default for *.krona.safetensors), lora (kohya LoRA), diff (materialised ΔW, LyCORIS 'full')")
+    p.add_argument("--a1", type=int, default=64)
+    p.add_argument("--a2", type=int, default=8)
+    p.add_argument("--budget", type=int, default=None, help="total KronA parameters; per-layer shapes chosen by least error")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank for --to lora (default: exact rank)")
+    p.add_argument("--base", choices=families.names(), default=None, help="base model when it cannot be detected")
+    p.add_argument("--float32", action="store_true", help="store float32 (default float16)")
+
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="KronA files (several: merged into one KronA file)")
+    p.add_argument("--out", required=True, help="output: a .krona.safetensors, or a checkpoint file / diffusers folder with --checkpoint")
+    p.add_argument("--weights", default=None, help="comma-separated weight per input (default 1 each)")
+    p.add_argument("--checkpoint", default=None, help="bake one KronA file into this single-file checkpoint or diffusers folder")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--a1", type=int, default=None)
+    p.add_argument("--a2", type=int, default=None)
+    p.add_argument("--float32", action="store_true")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..convert.convert import convert_file
+
+    report = convert_file(args.src, args.dst, args.to, args.a1, args.a2, args.budget, args.rank, args.base, args.float32)
+    print(report.text)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from ..convert.convert import Report
+    from ..convert.merge import merge_files, merge_into_checkpoint, merge_into_diffusers
+    from ..files.model import SUFFIX
+    from ..files.reader import read
+    from ..files.writer import write
+
+    files = [read(p) for p in args.inputs]
+    if args.checkpoint:
+        if len(files) != 1:
+            raise SystemExit("error: --checkpoint bakes exactly one KronA file; merge several first")
+        if os.path.isdir(args.checkpoint):
+            info = merge_into_diffusers(args.checkpoint, files[0], args.strength, args.out)
+        else:
+            info = merge_into_checkpoint(args.checkpoint, files[0], args.strength, args.out)
+        print(f"wrote {args.out}: {info['modules']} modules baked at strength {args.strength:g}")
+        return 0
+    if not args.out.endswith(SUFFIX):
+        raise SystemExit(f"error: --out must end with {SUFFIX}")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(files)
+    result = merge_files(files, weights, args.a1, args.a2)
+    write(args.out, result.file.modules, result.file.metadata, dtype=torch.float32 if args.float32 else torch.float16)
+    report = Report(args.out)
+    report.error_lines(result.errors, result.total_error)
+    print(report.text)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,155 @@
+"""Merging: several KronA files into one, and a KronA file into a full checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import families
+from ..files import atomic
+from ..files.model import KronAFile
+from ..files.writer import build_metadata
+from ..naming.kohya import kohya_key, normalize_path, split_kohya_key
+from ..naming.unet import UNetKeyMap
+from ..ops.matmul import materialise
+from ..ops.shapes import KronShape, choose_shape
+from .convert import Conversion, ErrorTally, Progress, fit_kronecker
+from .errors import ConvertError
+from .sources import load_tensors
+
+
+def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | None = None, a2: int | None = None) -> Conversion:
+    """One file from Σ weightᵢ·ΔWᵢ per module: exact where one file holds a module alone, else
+    the nearest Kronecker product (at (a1, a2), or the first file's shapes) with its error."""
+    if not files or len(files) != len(weights):
+        raise ConvertError("merge needs files and as many weights")
+    bases = {f.base_model for f in files if f.base_model}
+    if len(bases) > 1:
+        raise ConvertError(f"the files are for different base models: {sorted(bases)}")
+    names = sorted({n for f in files for n in f.modules})
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    tally = ErrorTally()
+    for name in names:
+        parts = [(w, f.modules[name]) for f, w in zip(files, weights) if name in f.modules and w != 0]
+        if not parts:
+            continue
+        shapes = {KronShape.from_factors(w1.shape, w2.shape).weight_shape for _, (w1, w2) in parts}
+        if len(shapes) > 1:
+            raise ConvertError(f"{name}: the files adapt it with different weight shapes {sorted(shapes)}")
+        if len(parts) == 1:
+            w, (w1, w2) = parts[0]
+            modules[name] = (w1.float() * w, w2.float())
+            tally.add(name, 0.0, float((w1.double() * w).norm() ** 2 * w2.double().norm() ** 2))
+            continue
+        dense = sum(w * materialise(w1.double(), w2.double()) for w, (w1, w2) in parts)
+        first = parts[0][1]
+        t1 = a1 if a1 is not None else first[0].shape[0]
+        t2 = a2 if a2 is not None else first[0].shape[1]
+        modules[name], rel_error, norm2 = fit_kronecker(dense, choose_shape(dense.shape, t1, t2))
+        tally.add(name, rel_error, norm2)
+    errors, total = tally.errors, tally.total
+    words = list(dict.fromkeys(w for f in files for w in f.trigger_words))
+    provenance = {"merged_from": [{"name": f.name, "weight": w} for f, w in zip(files, weights)],
+                  "total_rel_error": total, "max_layer_rel_error": tally.worst}
+    title = "+".join(f.name for f in files)[:120]
+    metadata = build_metadata(modules, base_model=bases.pop() if bases else None, title=title, trigger_words=words,
+                              factor_rule={"mode": "merge"}, provenance=provenance)
+    return Conversion(KronAFile(f"<memory>/{title}", modules, metadata), errors, total)
+
+
+def _add(target: torch.Tensor, delta: torch.Tensor, rows: tuple[int, int] | None, transposed: bool) -> torch.Tensor:
+    out = target.float().clone()
+    delta = delta.reshape(-1, *out.shape[1:]) if rows else delta.reshape(out.shape if not transposed else out.T.shape)
+    if transposed:
+        delta = delta.T
+    if rows:
+        index, count = rows
+        size = out.shape[0] // count
+        out[index * size:(index + 1) * size] += delta
+    else:
+        out += delta
+    return out.to(target.dtype)
+
+
+def merge_into_checkpoint(checkpoint: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike,
+                          progress: Progress | None = None) -> dict[str, str]:
+    """Bake strength·ΔW into a single-file (ldm/SGM) checkpoint, written to a new file."""
+    checkpoint, out = os.fspath(checkpoint), os.fspath(out)
+    if os.path.exists(out):
+        raise ConvertError(f"{out}: already exists; nothing was overwritten")
+    tensors, metadata = load_tensors(checkpoint)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    family = families.detect(shapes)
+    if family is None:
+        raise ConvertError(f"{checkpoint}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
+    base = family.name
+    if file.base_model and file.base_model != base:
+        raise ConvertError(f"{file.path}: the file is for {file.base_model}, {checkpoint} is {base}")
+    slots = family.checkpoint_modules(shapes)
+    missing = [n for n in file.modules if n not in slots]
+    if missing:
+        raise ConvertError(f"{file.path}: {len(missing)} module(s) have no weight in {checkpoint}, e.g. {missing[:3]}")
+    for index, (name, (w1, w2)) in enumerate(sorted(file.modules.items())):
+        slot, weight_shape = slots[name]
+        delta = materialise(w1.float(), w2.float()) * strength
+        if tuple(delta.shape[:2]) != tuple(weight_shape[:2]):
+            raise ConvertError(f"{file.path}: {name} gives {list(delta.shape)}, the checkpoint weight is {list(weight_shape)}")
+        tensors[slot.key] = _add(tensors[slot.key], delta, slot.rows, slot.transposed)
+        if progress:
+            progress(index + 1, len(file.modules), name)
+    metadata = {**metadata, "krona.merged": json.dumps({"file": file.name, "strength": strength,
+                                                         "modules": len(file.modules)})}
+    try:
+        atomic.write_safetensors(out, tensors, metadata)
+    except FileExistsError:
+        raise ConvertError(f"{out}: already exists; nothing was overwritten") from None
+    return {"base": base, "modules": str(len(file.modules))}
+
+
+def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike) -> dict[str, str]:
+    """Bake strength·ΔW into a diffusers model folder, written as a new folder."""
+    from safetensors.torch import save_file
+
+    folder, out = Path(folder), Path(out)
+    if out.exists():
+        raise ConvertError(f"{out}: already exists; nothing was overwritten")
+    by_network: dict[str, dict[str, tuple]] = {}
+    for name, factors in file.modules.items():
+        by_network.setdefault(split_kohya_key(name)[0], {})[name] = factors
+    family = families.find(file.base_model) or next((f for f in families.FAMILIES if set(by_network) <= set(f.networks)), None)
+    if family is None:
+        raise ConvertError(f"{file.path}: no known base model has the networks {sorted(by_network)}")
+    staging = Path(tempfile.mkdtemp(prefix=".krona-merge-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~atomic.current_umask())  # a plain mkdir's mode, not mkdtemp's 0700
+    try:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        for network, modules in by_network.items():
+            sub = staging / family.diffusers_name(network)
+            weights = [p for p in sub.glob("*.safetensors")]
+            if len(weights) != 1:
+                raise ConvertError(f"{folder / sub.name}: expected one .safetensors weight file, found {len(weights)}")
+            tensors, metadata = load_tensors(weights[0])
+            module_paths = [k[: -len(".weight")] for k in tensors if k.endswith(".weight")]
+            if network == "unet":
+                unet_map = UNetKeyMap.from_names(module_paths)
+                table = {alias: path for path in module_paths for alias in unet_map.kohya_aliases(path)}
+            else:
+                table = {kohya_key(network, normalize_path(network, p)): p for p in module_paths}
+            for name, (w1, w2) in modules.items():
+                if name not in table:
+                    raise ConvertError(f"{file.path}: {name} has no weight in {weights[0]}")
+                key = table[name] + ".weight"
+                delta = materialise(w1.float(), w2.float()) * strength
+                tensors[key] = _add(tensors[key], delta, None, False)
+            save_file(tensors, str(weights[0]), metadata)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"modules": str(len(file.modules))}

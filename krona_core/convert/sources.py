@@ -1,0 +1,92 @@
+"""A source adapter file read into kohya-named modules of one kind each (`kinds.py`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import families
+from ..families import FamilyError
+from ..files.model import split_trigger_words
+from .errors import ConvertError
+from .kinds import SourceModule
+from .readers import LoKrReader, reader_for
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and metadata of a .safetensors file (never pickle)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        raise ConvertError(f"{path}: only .safetensors files are read (never pickle)")
+    try:
+        with safe_open(path, "pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ConvertError(f"{path}: cannot read as safetensors ({exc})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Source:
+    path: str
+    format: str
+    base: str | None
+    modules: dict[str, SourceModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def trigger_words(self) -> list[str]:
+        if "krona.trigger_words" in self.metadata:
+            return list(json.loads(self.metadata["krona.trigger_words"]))
+        return split_trigger_words(self.metadata.get("modelspec.trigger_phrase", ""))
+
+
+def read_source(path: str | os.PathLike, base: str | None = None) -> Source:
+    """Read any supported adapter file into kohya-named modules.
+
+    The base model is `base`, else the file's own record, else detected from the modules' shapes
+    (cross-attention widths); readers of diffusers-named files need it to name modules.
+    """
+    path = os.fspath(path)
+    tensors, metadata = load_tensors(path)
+    reader = reader_for(tensors, path)
+    family = _family(base, path) if base else families.find(metadata.get("krona.base_model"))
+    raw = reader.read(tensors, path)
+    shapes = {name: module.weight_shape for (_, name), module in raw.items()}
+    if reader.needs_family:
+        if family is None:
+            family = families.detect(shapes)
+        if family is None:
+            raise ConvertError(f"{path}: cannot tell the base model from the cross-attention widths; pass --base "
+                               f"{', '.join(families.names())}")
+        modules = {}
+        for (network, name), module in raw.items():
+            kohya = reader.kohya_name(network, name, family)
+            modules[kohya] = dataclasses.replace(module, name=kohya)
+    else:
+        modules = {name: module for (_, name), module in raw.items()}
+        family = family or families.detect(shapes)
+    fmt = reader.format_of(tensors) if isinstance(reader, LoKrReader) else reader.format
+    return Source(path, fmt, family.name if family else None, modules, metadata, sha256_file(path))
+
+
+def _family(name: str, path: str) -> families.Family:
+    try:
+        return families.get(name)
+    except FamilyError as exc:
+        raise ConvertError(f"{path}: {exc}") from None

@@ -1,0 +1,80 @@
+"""The interface every model family implements, in the spirit of ComfyUI's `weight_adapter/`
+(one file per algorithm, one base class) and spandrel (architecture detected from state-dict keys).
+
+A family answers, for one kind of base model: is this state dict mine (`match`), how are my
+modules named in every form the pack reads and writes (kohya adapter names, diffusers and ldm
+paths, single-file checkpoint keys, ComfyUI's model names), which layers are adapted by default,
+how is it trained (the objective, resolution, steps) and what a file for it records in metadata.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ..naming.clip import WeightSlot
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+class FamilyError(ValueError):
+    """A model whose family cannot be told, or a name a family does not have."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """A family's claim on a state dict: higher scores are stronger evidence."""
+
+    score: int
+    evidence: str
+
+
+class Family(ABC):
+    """One base-model family (subclasses implement the methods; instances are the registry's entries)."""
+
+    name: str  # what krona.base_model records: sd1, sd2, sdxl, …
+    title: str
+    prediction: str  # the training objective: "epsilon" or "v_prediction"
+    default_resolution: int
+    default_steps: int
+    default_targets: str
+    priority: int  # tie-break between equally strong matches (lower wins)
+    comfy_model_types: frozenset[str]  # ComfyUI model_config class names of this family
+
+    @property
+    @abstractmethod
+    def networks(self) -> tuple[str, ...]:
+        """Adapter networks of the family: "unet" and its text encoders (te, or te1 + te2)."""
+
+    @abstractmethod
+    def match(self, shapes: Shapes) -> Match | None:
+        """Whether a state dict (diffusers, single-file, ComfyUI or kohya-named; name → weight
+        shape) is of this family, and on what evidence."""
+
+    @abstractmethod
+    def text_encoder_network(self, width: int) -> str | None:
+        """The network name of a text encoder of this family with this hidden width."""
+
+    @abstractmethod
+    def kohya_name(self, network: str, module_path: str, unet_map=None) -> str:
+        """kohya adapter name of a module, in the path style kohya writes for this family."""
+
+    @abstractmethod
+    def checkpoint_slot(self, network: str, param_key: str, unet_map=None) -> WeightSlot:
+        """Where a parameter lives in a single-file checkpoint of this family."""
+
+    @abstractmethod
+    def checkpoint_modules(self, shapes: Shapes) -> dict[str, tuple[WeightSlot, tuple[int, ...]]]:
+        """{kohya module name: (where its weight lives, its shape)} of a single-file checkpoint."""
+
+    @abstractmethod
+    def metadata(self) -> dict[str, str]:
+        """The `ss_*` / `modelspec.*` strings a file for this family carries."""
+
+    @abstractmethod
+    def matches_ss(self, ss_base_model_version: str) -> bool:
+        """Whether a kohya `ss_base_model_version` string names this family."""
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"

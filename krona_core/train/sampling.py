@@ -1,0 +1,70 @@
+"""Sampling from the denoiser during training: deterministic DDIM with classifier-free guidance,
+for prior-preservation class images and validation previews."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .config import TrainConfig, TrainingInterrupted
+from .data import Example
+from .denoiser import Cond, Denoiser, SizeInfo
+from .objective import stack_cond
+
+
+@torch.no_grad()
+def ddim_sample(denoiser: Denoiser, cond: Cond, uncond: Cond, shape: tuple[int, ...], seed: int,
+                steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
+    """Deterministic DDIM (η = 0) with classifier-free guidance; returns latents."""
+    ab = denoiser.alphas_cumprod.double()
+    timesteps = torch.linspace(ab.numel() - 1, 0, steps).round().long()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    both = stack_cond([uncond, cond])
+    for i, t in enumerate(timesteps):
+        a_t = ab[t]
+        inp = torch.cat([x, x]).float().to(denoiser.device)
+        out = denoiser.predict(inp, torch.full((inp.shape[0],), int(t), device=denoiser.device), both).double().cpu()
+        out_u, out_c = out.chunk(2)
+        out = out_u + guidance * (out_c - out_u)
+        if denoiser.prediction_type == "v_prediction":
+            x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
+            eps = (1 - a_t).sqrt() * x + a_t.sqrt() * out
+        else:
+            eps = out
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        a_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, dtype=torch.float64)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x.float()
+
+
+def generate_class_examples(denoiser: Denoiser, class_prompt: str, count: int, latent_shape: tuple[int, int, int],
+                            seed: int, steps: int = 20, progress: Callable[[int, int], None] | None = None,
+                            should_stop: Callable[[], bool] | None = None) -> list[Example]:
+    """Prior-preservation examples sampled from the base model (adapters not yet attached).
+
+    progress(done, count) after each image; should_stop() is polled before each and cancels with
+    TrainingInterrupted (no step done, no checkpoint)."""
+    h, w = latent_shape[-2] * 8, latent_shape[-1] * 8
+    size = SizeInfo((h, w), (0, 0), (h, w))
+    cond = denoiser.encode_prompts([class_prompt], [size])
+    uncond = denoiser.encode_prompts([""], [size])
+    out = []
+    for i in range(count):
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted(0, None)
+        out.append(Example(ddim_sample(denoiser, cond, uncond, (1, *latent_shape), seed + i, steps)[0], class_prompt, size, True))
+        if progress is not None:
+            progress(i + 1, count)
+    return out
+
+
+def preview(denoiser: Denoiser, config: TrainConfig, like: Example) -> torch.Tensor:
+    """One validation image (3, H, W) in [0, 1] at the fixed seed and prompt."""
+    size = like.size
+    cond = denoiser.encode_prompts([config.validation_prompt or like.prompt], [size])
+    uncond = denoiser.encode_prompts([""], [size])
+    latents = ddim_sample(denoiser, cond, uncond, (1, *like.latent.shape), config.validation_seed, config.validation_steps)
+    with torch.no_grad():
+        image = denoiser.decode_latents(latents.to(denoiser.device)).float().cpu()[0]
+    return ((image + 1) / 2).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""Host-free helpers: image folders and conversion, PNG plots, terminal progress."""

@@ -1,0 +1,66 @@
+"""Train KronA never leaves ComfyUI's shared model changed: cancelled while class images are drawn
+(before training starts), the host's own parameter objects, their inference status and
+requires_grad flags are back and no hook is left — seen by a test-only probe node in a real ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(_TESTS))
+
+from helpers.comfy_server import ComfyExecutionError, ComfyServer, comfyui_path_from_env  # noqa: E402
+from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
+from test_comfy_train import train_graph  # noqa: E402
+
+from krona_core.tiny.pipeline import sample_images  # noqa: E402
+from krona_core.util.images import to_uint8  # noqa: E402
+from krona_core.util.plot import save_png  # noqa: E402
+
+ROOT = _TESTS.parent
+pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ckpt = cached_checkpoint("sd15")
+    packs = {"ComfyUI-KronA": ROOT, "krona-test-probe": _TESTS / "helpers" / "probe_pack"}
+    with ComfyServer(comfyui_path_from_env(), custom_nodes=packs, models={"checkpoints": [ckpt]}) as srv:
+        folder = tmp_path_factory.mktemp("subject")
+        for i, img in enumerate(sample_images(2, 64, seed=3)):
+            path = folder / f"subject{i}.png"
+            save_png(to_uint8((img + 1) / 2), str(path))
+            srv.add_input(path)
+        srv.ckpt = ckpt.name
+        yield srv
+
+
+def model_state(server: ComfyServer) -> dict:
+    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.ckpt}},
+             "probe": {"class_type": "KronATestModelState", "inputs": {"model": ["ckpt", 0], "tag": str(time.time())}}}
+    history = server.run(graph, timeout=600)
+    return json.loads(history["outputs"]["probe"]["text"][0])
+
+
+def test_cancel_during_class_images_restores_the_shared_model(server):
+    before = model_state(server)
+    assert before["parameters"] > 0 and before["hooks"] == 0
+    graph = train_graph(server.ckpt, steps=50, name="restore")
+    graph["train"]["inputs"].update(class_prompt="a photo of a toy", num_class_images=400)
+    prompt_id = server.queue(graph)
+    deadline = time.monotonic() + 600
+    while "generating 400 class images" not in server.log_tail(20000):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the generation (400 images × 20 DDIM steps)
+    server.interrupt()
+    with pytest.raises(ComfyExecutionError, match="interrupted"):
+        server.wait(prompt_id, timeout=600)
+    after = model_state(server)
+    assert after == before  # same parameter objects, inference status, flags; no hooks
