@@ -40,6 +40,9 @@ say "unpacking the hosts into $hosts_dir"
 exports=$(bash "$shared/hosts/prepare.sh" "$hosts_dir")
 eval "$exports"
 : "${COMFYUI_PATH:?prepare.sh printed no COMFYUI_PATH}" "${FORGE_PATH:?prepare.sh printed no FORGE_PATH}"
+# Forge's installer also clones stable-diffusion-webui-assets (web fonts and their CSS) into repositories/,
+# and its UI mode mounts that folder at start; the archives hold no copy and no test needs the fonts.
+mkdir -p "$FORGE_PATH/repositories/stable-diffusion-webui-assets"
 
 # 2. the test venv: ComfyUI's deps, the frontend and playwright (driving the Debian Chromium) -------------
 make --no-print-directory -s venv PYTHON="$python" VENV="$venv" >&2
