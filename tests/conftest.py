@@ -115,7 +115,7 @@ def example_server(comfy_server, tmp_path_factory):
 # the real ComfyUI frontend in Chromium. Without their host they skip, and the summary says how to run
 # them. With KRONA_REQUIRE_HOSTS=1 (CI) any skip that is not about a missing GPU fails the run.
 # Items run by phase (host-free, Forge, ComfyUI, browser; file order kept within each) so that each
-# phase's time is its own and the shared ComfyUI server (session-scoped) stops after its last user.
+# phase's time is its own, and the shared ComfyUI server (session-scoped) serves the last two phases.
 
 PHASES = ("host-free", "Forge", "ComfyUI", "browser")
 HOST_VARIABLES = {"comfy": "COMFYUI_PATH", "forge": "FORGE_PATH", "browser": "COMFYUI_PATH"}
@@ -126,6 +126,10 @@ To run them: `make test-hosts` (sets up both hosts from ../shared/hosts: tools/s
   FORGE_PATH=<Forge checkout>      with its own venv at FORGE_PYTHON (default <FORGE_PATH>/../forge-venv/bin/python)
 See README.md, "Tests"."""
 GPU_SKIP = ("gpu", "cuda")  # the only skips CI accepts (KRONA_REQUIRE_HOSTS=1)
+
+
+def _unset(variable: str) -> bool:
+    return not os.environ.get(variable, "").strip()
 
 
 def phase_of(item) -> str:
@@ -141,7 +145,7 @@ def phase_of(item) -> str:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker, variable in HOST_VARIABLES.items():
-            if item.get_closest_marker(marker) and not os.environ.get(variable, "").strip():
+            if item.get_closest_marker(marker) and _unset(variable):
                 item.add_marker(pytest.mark.skip(reason=f"{variable} not set (host test; see the summary)"))
                 break
     items.sort(key=lambda item: PHASES.index(phase_of(item)))  # stable: file order within a phase
@@ -204,10 +208,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f"{c['skipped']} skipped")
     host_skips = [(n, r) for n, r in _tally.skips.items() if _tally.phase.get(n, "host-free") != "host-free"]
     if host_skips:
-        variables = sorted({r.split()[0] for _, r in host_skips if r.endswith("(host test; see the summary)")})
+        unset = sorted({v for v in HOST_VARIABLES.values() if _unset(v)})
         tr.write_sep("-", f"{len(host_skips)} host tests skipped")
-        if variables:
-            tr.write_line(f"{' and '.join(variables)} not set.")
+        if unset:
+            tr.write_line(f"{' and '.join(unset)} not set.")
         tr.write_line(HOW_TO_RUN_HOSTS)
     bad = _disallowed_skips()
     if bad:
