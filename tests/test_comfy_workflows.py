@@ -25,7 +25,6 @@ ROOT = _TESTS.parent
 UI = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
-
 def test_workflow_sources_are_current():
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "workflows.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
