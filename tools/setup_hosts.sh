@@ -23,13 +23,16 @@ hosts_dir=${KRONA_HOSTS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/krona-hosts}
 shared=${KRONA_SHARED:-$repo/../shared}
 python=${PYTHON:-python3}
 venv=${VENV:-.venv}
-torch_pin=torch==2.13.0  # the Makefile's pin: never let a host requirement swap the CPU wheel for another torch
 
 say() { printf '[setup_hosts] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 digest() { cat "$@" | sha256sum | cut -c1-16; }
 # pip prints one warning per missing local index folder on some machines; keep real messages
 pip_q() { "$@" --quiet 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+
+# the test venv's torch (requirements-dev.txt), held in both venvs: no host requirement may swap it
+torch_pin=$(grep -E '^torch==' requirements-dev.txt | tr -d '[:space:]' || true)
+[ -n "$torch_pin" ] || die "requirements-dev.txt pins no torch"
 
 [ -f "$shared/hosts/prepare.sh" ] || die "no $shared/hosts/prepare.sh (set KRONA_SHARED to the folder holding hosts/)"
 mkdir -p "$hosts_dir"
@@ -98,17 +101,14 @@ PY
 fi
 
 # 4. Chromium -----------------------------------------------------------------------------------------
-chromium=$(command -v chromium || command -v chromium-browser || true)
-if [ -z "$chromium" ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; } || true
-  if [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; then
-    say "installing Chromium (Debian package chromium)"
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >&2
-    chromium=$(command -v chromium || true)
-  else
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
+  if [ "$sudo" = none ]; then
     say "warning: no Chromium and no root: install the Debian package chromium for the browser test"
+  else
+    say "installing Chromium (Debian package chromium; log: $hosts_dir/apt.log)"
+    { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      > "$hosts_dir/apt.log" 2>&1 || { tail -n 20 "$hosts_dir/apt.log" >&2; die "apt-get install chromium failed"; }
   fi
 fi
 
