@@ -17,48 +17,28 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
+from helpers.comfy_server import frontend_package_root  # noqa: E402
+
 ROOT = _TESTS.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.comfy,
-    pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set"),
+    pytest.mark.browser,  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package chromium)"),
+    pytest.mark.skipif(frontend_package_root() is None, reason="comfyui-frontend-package not installed"),
 ]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--window-size=1600,1000"]
 
 
 @pytest.fixture(scope="module")
-def frontend() -> Path:
-    package = pytest.importorskip("comfyui_frontend_package", reason="comfyui-frontend-package not installed")
-    return Path(package.__file__).parent / "static"
-
-
-@pytest.fixture(scope="module")
-def server(frontend, tmp_path_factory):
-    from helpers.comfy_server import ComfyServer, comfyui_path_from_env
-    from helpers.krona_files import random_krona
-    from helpers.tiny_comfy import cached_checkpoint
-
-    from krona_core.util.images import to_uint8
-    from krona_core.util.plot import save_png
-    from krona_core.tiny.pipeline import sample_images
-
-    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, frontend_root=frontend) as srv:
-        srv.add_model("checkpoints", cached_checkpoint("sd15"), name="v1-5-pruned-emaonly.safetensors")
-        d = tmp_path_factory.mktemp("browser")
-        srv.add_model("krona", random_krona(cached_checkpoint("sd15"), d / "my-subject.krona.safetensors", "sd1", seed=1,
-                                            trigger_words=("sks dog", "studio photo")))
-        srv.add_model("loras", random_krona(cached_checkpoint("sd15"), d / "my-style.safetensors", "sd1", seed=3, every=2))
-        for i, img in enumerate(sample_images(2, 64, seed=5)):
-            path = d / f"subject{i + 1}.png"
-            save_png(to_uint8((img + 1) / 2), str(path))
-            srv.add_input(path)
-        # a returning user: no first-run template browser over the canvas
-        srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
-        yield srv
+def server(example_server):
+    # shared with test_comfy_workflows.py, with the example files (tests/conftest.py); it serves the real frontend
+    # a returning user: no first-run template browser over the canvas
+    example_server.post_json("/settings", {"Comfy.TutorialCompleted": True})
+    return example_server
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +88,7 @@ def test_trigger_word_chips_on_apply_krona(page):
     load_workflow(page, "1-krona-txt2img-lora.json")
     page.wait_for_selector(".krona-trigger-word", timeout=60_000)
     words = page.eval_on_selector_all(".krona-trigger-word", "els => els.map(e => e.textContent)")
-    assert words == ["sks dog", "studio photo"]
+    assert words == ["sks dog", "studio photo"]  # helpers/example_models.TRIGGER_WORDS
     assert "base: sd1" in page.inner_text(".krona-file-info")
     screenshot(page, "workflow-1-apply-krona.png")
 

@@ -6,7 +6,6 @@ full-factor LoKr as W + strength·kron(w1, w2) with its own code.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
-from helpers.comfy_server import ComfyExecutionError, ComfyPromptError, ComfyServer, comfyui_path_from_env  # noqa: E402
+from helpers.comfy_server import ComfyExecutionError, ComfyPromptError, ComfyServer  # noqa: E402
 from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 
 ROOT = _TESTS.parent
-pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")]
+pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
 NODES = ("ApplyKronA", "LoadKronA", "KronAInfo", "SaveKronA")
 
 
@@ -80,15 +79,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(files):
-    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT},
-                     models={"checkpoints": [files["sd15"], files["sdxl"]]}) as srv:
-        for key in ("a", "b", "xl"):
-            srv.add_model("krona", files[key])
-        # the same files reachable through the loras folder, for ComfyUI's own LoraLoader
-        for key in ("a", "b", "xl", "lora_dir_file"):
-            srv.add_model("loras", files[key])
-        yield srv
+def server(comfy_server, files):
+    srv = comfy_server  # shared with other modules (tests/conftest.py)
+    for key in ("sd15", "sdxl"):
+        srv.add_model("checkpoints", files[key])
+    for key in ("a", "b", "xl"):
+        srv.add_model("krona", files[key])
+    # the same files reachable through the loras folder, for ComfyUI's own LoraLoader
+    for key in ("a", "b", "xl", "lora_dir_file"):
+        srv.add_model("loras", files[key])
+    return srv
 
 
 @pytest.fixture(scope="module")

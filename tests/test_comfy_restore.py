@@ -5,7 +5,6 @@ requires_grad flags are back and no hook is left — seen by a test-only probe n
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
-from helpers.comfy_server import ComfyExecutionError, ComfyServer, comfyui_path_from_env  # noqa: E402
+from helpers.comfy_server import ComfyExecutionError, ComfyServer  # noqa: E402
+
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_train import train_graph  # noqa: E402
 
@@ -24,21 +24,21 @@ from krona_core.util.images import to_uint8  # noqa: E402
 from krona_core.util.plot import save_png  # noqa: E402
 
 ROOT = _TESTS.parent
-pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")]
+pytestmark = pytest.mark.comfy
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(comfy_server, tmp_path_factory):
+    # the shared server (tests/conftest.py), which loads the probe pack; the inputs train_graph names
     ckpt = cached_checkpoint("sd15")
-    packs = {"ComfyUI-KronA": ROOT, "krona-test-probe": _TESTS / "helpers" / "probe_pack"}
-    with ComfyServer(comfyui_path_from_env(), custom_nodes=packs, models={"checkpoints": [ckpt]}) as srv:
-        folder = tmp_path_factory.mktemp("subject")
-        for i, img in enumerate(sample_images(2, 64, seed=3)):
-            path = folder / f"subject{i}.png"
-            save_png(to_uint8((img + 1) / 2), str(path))
-            srv.add_input(path)
-        srv.ckpt = ckpt.name
-        yield srv
+    comfy_server.add_model("checkpoints", ckpt)
+    folder = tmp_path_factory.mktemp("restore")
+    for i, img in enumerate(sample_images(2, 64, seed=3)):
+        path = folder / f"train-subject{i}.png"
+        save_png(to_uint8((img + 1) / 2), str(path))
+        comfy_server.add_input(path)
+    comfy_server.ckpt = ckpt.name
+    return comfy_server
 
 
 def model_state(server: ComfyServer) -> dict:

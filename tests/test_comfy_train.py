@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
-from helpers.comfy_server import ComfyExecutionError, ComfyServer, comfyui_path_from_env  # noqa: E402
+from helpers.comfy_server import ComfyExecutionError  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_nodes import graph, image, max_diff  # noqa: E402
 
@@ -23,26 +22,27 @@ from krona_core.util.plot import save_png  # noqa: E402
 from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
-pytestmark = [pytest.mark.comfy, pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")]
+pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(comfy_server, tmp_path_factory):
+    srv = comfy_server  # shared with other modules (tests/conftest.py): input names of this module's own
     ckpt = cached_checkpoint("sd15")
-    with ComfyServer(comfyui_path_from_env(), custom_nodes={"ComfyUI-KronA": ROOT}, models={"checkpoints": [ckpt]}) as srv:
-        folder = tmp_path_factory.mktemp("subject")
-        for i, img in enumerate(sample_images(2, 64, seed=3)):
-            path = folder / f"subject{i}.png"
-            save_png(to_uint8((img + 1) / 2), str(path))
-            srv.add_input(path)
-        srv.ckpt = ckpt.name
-        yield srv
+    srv.add_model("checkpoints", ckpt)
+    folder = tmp_path_factory.mktemp("subject")
+    for i, img in enumerate(sample_images(2, 64, seed=3)):
+        path = folder / f"train-subject{i}.png"
+        save_png(to_uint8((img + 1) / 2), str(path))
+        srv.add_input(path)
+    srv.ckpt = ckpt.name
+    return srv
 
 
 def train_graph(ckpt: str, steps: int, checkpoint_every: int = 0, name: str = "subject", preview_every: int = 0) -> dict:
     g = graph(ckpt, prefix="trained")
-    g["img0"] = {"class_type": "LoadImage", "inputs": {"image": "subject0.png"}}
-    g["img1"] = {"class_type": "LoadImage", "inputs": {"image": "subject1.png"}}
+    g["img0"] = {"class_type": "LoadImage", "inputs": {"image": "train-subject0.png"}}
+    g["img1"] = {"class_type": "LoadImage", "inputs": {"image": "train-subject1.png"}}
     g["batch"] = {"class_type": "ImageBatch", "inputs": {"image1": ["img0", 0], "image2": ["img1", 0]}}
     g["train"] = {"class_type": "TrainKronA", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": ["batch", 0],

@@ -4,7 +4,6 @@ is scanned, and the KronA tab's training function writes a file that loads back 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 ROOT = _TESTS.parent
-pytestmark = pytest.mark.skipif(not os.environ.get("FORGE_PATH"), reason="FORGE_PATH not set")
+pytestmark = pytest.mark.forge  # runs without FORGE_PATH: skipped (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

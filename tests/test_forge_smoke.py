@@ -13,7 +13,6 @@ apply the same weights.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from helpers.forge_server import ForgeServer  # noqa: E402
 from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not os.environ.get("FORGE_PATH"), reason="FORGE_PATH not set")
+pytestmark = pytest.mark.forge  # runs without FORGE_PATH: skipped (tests/conftest.py)
 
 CKPT_NAME = "tiny-sd15-seed0-v1"
 PROMPT = "a photo of sks dog"

@@ -8,7 +8,6 @@ apply a full-factor LoKr file with ComfyUI's own LoraLoader.
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -24,7 +23,7 @@ from helpers.comfy_server import (  # noqa: E402
     ComfyPromptError, ComfyServer, comfyui_path_from_env, txt2img_graph)
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH not set")
+pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
 
 # ComfyUI maps kohya-style diffusers names to the tiny UNet through its own key map
 # (comfy.lora.model_lora_keys_unet / comfy.utils.unet_to_diffusers); these exist in the tiny

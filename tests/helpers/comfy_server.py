@@ -54,6 +54,7 @@ __all__ = [
     "ComfyExecutionError",
     "ComfyServer",
     "comfyui_path_from_env",
+    "frontend_package_root",
     "torchvision_importable",
     "txt2img_graph",
     "HOST_STUBS",
@@ -105,6 +106,16 @@ def comfyui_path_from_env() -> Optional[Path]:
     """``$COMFYUI_PATH`` as a Path, or None when unset/empty."""
     value = os.environ.get("COMFYUI_PATH", "").strip()
     return Path(value).expanduser().resolve() if value else None
+
+
+def frontend_package_root() -> Optional[Path]:
+    """The real frontend (``comfyui-frontend-package``'s static folder) for ``frontend_root``; None when
+    the package is not installed."""
+    try:
+        import comfyui_frontend_package
+    except ImportError:
+        return None
+    return Path(comfyui_frontend_package.__file__).parent / "static"
 
 
 def _format_node_errors(node_errors: Mapping[str, Any]) -> List[str]:

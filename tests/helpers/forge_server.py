@@ -105,6 +105,8 @@ TXT2IMG_DEFAULTS: Dict[str, Any] = {
 _READY_PATH = "/sdapi/v1/sd-models"
 #: printed by webui.py after the app-started callbacks (both modes)
 _READY_LINE = "Startup time:"
+#: webui.py starts the server in a thread; when that thread raises, the process keeps running
+_WORKER_DIED = re.compile(r"^Exception in thread .*\(webui_worker\)", re.M)
 
 
 class ForgeError(HostError):
@@ -309,6 +311,8 @@ class ForgeServer(HostProcess):
         callbacks (which add extensions' routes, e.g. ``/sdapi/v1/loras``) after that; the line
         is printed once they have run.
         """
+        if _WORKER_DIED.search(self.log_text()):  # the process lives on, but nothing will ever answer
+            raise ForgeStartupError(f"Forge's web server thread failed before it was ready\n{self.log_tail()}")
         with urllib.request.urlopen(self.url + _READY_PATH, timeout=30) as r:
             r.read()
             return r.status == 200 and _READY_LINE in self.log_text()
