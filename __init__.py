@@ -10,10 +10,11 @@ WEB_DIRECTORY = "./web"  # the live loss chart and trigger-word chips (web/krona
 
 
 async def comfy_entrypoint():
-    from .nodes import KronAExtension, folders, routes
+    from .nodes import KronAExtension, comfy_adapter, folders, routes
 
     folders.register()  # before the node schemas list the files of the krona folder
     routes.register()
+    comfy_adapter.register()  # "KronA" in ComfyUI's own Train LoRA node
     return KronAExtension()
 
 

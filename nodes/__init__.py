@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import folders, routes  # noqa: F401  (used by the entry point)
+from . import comfy_adapter, folders, routes  # noqa: F401  (used by the entry point)
 from .apply import ApplyKronA
 from .convert_nodes import LoRAToKronA, MergeKronA
 from .load_info import KronAInfo, LoadKronA

@@ -18,19 +18,18 @@ import logging
 from dataclasses import dataclass, field
 
 import comfy.lora
-import comfy.model_management
 import comfy.utils
+import comfy.weight_adapter
 import torch
 from comfy.patcher_extension import PatcherInjection
-from comfy.weight_adapter.base import WeightAdapterBase
 
 from ..krona_core import families
 from ..krona_core.adapters.blocks import BlockStrengths
 from ..krona_core.files.model import KronAFile
 from ..krona_core.naming.kohya import TEXT_PREFIXES
 from ..krona_core.ops.bypass import ConvSpec, RowSlice, add_kron_delta, scaled_w1
-from ..krona_core.ops.matmul import materialise
 from ..krona_core.ops.shapes import KronShape
+from .comfy_adapter import KronAWeightAdapter
 
 log = logging.getLogger("ComfyUI-KronA")
 _injection_ids = itertools.count()
@@ -54,26 +53,6 @@ def model_family(patcher) -> families.Family | None:
 def model_base(patcher) -> str | None:
     family = model_family(patcher)
     return family.name if family is not None else None
-
-
-class KronAWeightAdapter(WeightAdapterBase):
-    """W ← W + function(strength · kron(w1, w2)) for one weight (ComfyUI merge-mode patch)."""
-
-    name = "krona"
-
-    def __init__(self, loaded_keys: set[str], weights: tuple[torch.Tensor, torch.Tensor]):
-        # (loaded_keys, weights) is the constructor ComfyUI itself calls when it rebuilds
-        # adapters around prefetched weights (dynamic VRAM); do not read tensor values here
-        self.loaded_keys = loaded_keys
-        self.weights = weights
-
-    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
-                         intermediate_dtype=torch.float32, original_weight=None):
-        w1 = comfy.model_management.cast_to_device(self.weights[0], weight.device, intermediate_dtype)
-        w2 = comfy.model_management.cast_to_device(self.weights[1], weight.device, intermediate_dtype)
-        delta = materialise(w1, w2).reshape(weight.shape)
-        weight += function((strength * delta).type(weight.dtype))
-        return weight
 
 
 @dataclass
@@ -110,6 +89,8 @@ def resolve(file: KronAFile, patcher, key_map: dict, prefixes: tuple[str, ...], 
             continue
         weight_key, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
         w1, w2 = file.modules[name]
+        # the logical shape: ComfyUI's quantised weights (fp8 / mxfp8 / nvfp4 QuantizedTensor) report
+        # their dequantised shape in .shape, their storage in .storage_shape
         shape = list(_weight(model, weight_key).shape)
         if offset is not None:
             shape[offset[0]] = offset[2]
@@ -152,49 +133,78 @@ class _BypassHook:
     def __init__(self, target: Target, strength: float):
         self.target = target
         self.strength = strength
-        self.handle = None
         self.rows = RowSlice(target.offset[1], target.offset[2]) if target.offset is not None else None
         self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(strength · w1, w2) on x's device and dtype, cast once per device and dtype."""
         key = (x.device, x.dtype)
-        if key not in self.cache:
-            self.cache = {key: (scaled_w1(self.target.w1, self.strength, x.dtype, x.device),
-                                self.target.w2.to(x.device, x.dtype))}
+        if key not in self.cache:  # one entry per device and dtype (deep clones may run on several GPUs)
+            self.cache[key] = (scaled_w1(self.target.w1, self.strength, x.dtype, x.device), self.target.w2.to(x.device, x.dtype))
         return self.cache[key]
 
     def __call__(self, module, args, output):
         x = args[0]
         w1, w2 = self.factors(x)
-        conv = ConvSpec.of(module) if isinstance(module, torch.nn.Conv2d) else None
-        return add_kron_delta(output, x, w1, w2, conv, rows=self.rows)
+        return add_kron_delta(output, x, w1, w2, _conv_spec(module), rows=self.rows)
+
+
+def _conv_spec(module: torch.nn.Module) -> ConvSpec | None:
+    """Conv parameters of a layer, also of quantised layers that are not nn.Conv2d subclasses (as
+    ComfyUI's own bypass tells them: by class name)."""
+    if isinstance(module, torch.nn.Conv2d):
+        return ConvSpec.of(module)
+    if "conv" not in type(module).__name__.lower():
+        return None
+    return ConvSpec(tuple(getattr(module, "stride", (1, 1))), getattr(module, "padding", (0, 0)),
+                    tuple(getattr(module, "dilation", (1, 1))), getattr(module, "padding_mode", "zeros"),
+                    tuple(getattr(module, "_reversed_padding_repeated_twice", ())))
 
 
 def add_bypass_injection(patcher, resolution: Resolution, strength: float, blocks: BlockStrengths | None = None) -> str:
-    """Register forward hooks through a PatcherInjection (inject on load, eject on unload)."""
+    """Add ΔW·x in the forward pass through a PatcherInjection (hooked on load, unhooked on unload).
+
+    Clones share their injections (ComfyUI copies the list, not the objects) and a multi-GPU deep
+    clone runs the same injection on its own copy of the model, so hooks are kept per model
+    instance: each model is hooked once, and ejecting one leaves the others adapted."""
     hooks = []
     for t in resolution.targets:
         if t.offset is not None and t.offset[0] != 0:
             raise KronAApplyError(f"{t.file_key}: bypass mode cannot patch a slice along dim {t.offset[0]} of {t.weight_key}; use merge mode")
         multiplier = blocks(t.weight_key) if blocks is not None else 1.0
-        hooks.append((t.weight_key.removesuffix(".weight"), _BypassHook(t, strength * multiplier)))
+        hooks.append(_BypassHook(t, strength * multiplier))
+    undo: dict[int, list] = {}  # id(model) → what unhooks it
 
     def inject(model_patcher) -> None:
-        for path, hook in hooks:
-            if hook.handle is None:  # clones share injections: never hook a module twice
-                hook.handle = model_patcher.model.get_submodule(path).register_forward_hook(hook)
+        if id(model_patcher.model) not in undo:
+            undo[id(model_patcher.model)] = _hook(model_patcher, hooks)
 
     def eject(model_patcher) -> None:
-        for _path, hook in hooks:
-            if hook.handle is not None:
-                hook.handle.remove()
-                hook.handle = None
-            hook.cache = {}
+        for step in undo.pop(id(model_patcher.model), []):
+            step()
 
     key = f"krona_bypass_{next(_injection_ids)}"
     patcher.set_injections(key, [PatcherInjection(inject=inject, eject=eject)])
     return key
+
+
+def _hook(model_patcher, hooks: list[_BypassHook]) -> list:
+    """Hook one model instance: whole weights through ComfyUI's own BypassInjectionManager (calling
+    KronAWeightAdapter.h) where the host has it, fused-row slices and older hosts through the pack's
+    forward hook. Returns the steps that undo it."""
+    manager_class = getattr(comfy.weight_adapter, "BypassInjectionManager", None)
+    model = model_patcher.model
+    native = [h for h in hooks if manager_class is not None and h.rows is None]
+    own = [h for h in hooks if h not in native]
+    steps = [model.get_submodule(h.target.weight_key.removesuffix(".weight")).register_forward_hook(h).remove for h in own]
+    if native:
+        manager = manager_class()
+        for h in native:  # one adapter per hook: the manager sets per-layer attributes on it
+            manager.add_adapter(h.target.weight_key, KronAWeightAdapter(set(), (h.target.w1, h.target.w2)), strength=h.strength)
+        for injection in manager.create_injections(model):
+            injection.inject(model_patcher)
+            steps.append(lambda injection=injection: injection.eject(model_patcher))
+    return steps
 
 
 def apply_to(model, clip, file: KronAFile, strength_model: float, strength_clip: float,

@@ -4,8 +4,15 @@ Predictions go through ComfyUI's own `apply_model` (dtype casting, wrappers and 
 existing weight patches such as LoRAs all apply), which returns the denoised latent in ComfyUI's
 σ-parameterisation; it is turned back into the model's native ε or v for the shared loop.
 
-Use it as a context manager: the host's parameters are swapped for trainable copies on entry
-and put back on exit, whatever happens in between (preparing images, class images, training).
+Use it as a context manager. Nodes run under torch.inference_mode, so ComfyUI's weights are
+inference tensors, which autograd may not save for backward. The host's parameters are never
+swapped: as ComfyUI's own trainer does, a clone of the patcher carries a weight wrapper on every
+weight of the trained networks, so each forward casts a fresh (autograd-safe) copy. The wrappers
+live on the clone's load only and ComfyUI removes them with its own unpatching; the requires_grad
+flags the denoiser clears are set back on exit, whatever happened in between. Under ComfyUI's
+dynamic VRAM (`ModelPatcherDynamic`, `is_dynamic()`) weights stream through its cast path anyway:
+the clone is loaded without a full load, as core's trainer does; the adapters are forward hooks,
+i.e. bypass, which is what core forces for dynamic models.
 """
 
 from __future__ import annotations
@@ -20,10 +27,34 @@ from ..krona_core.train.denoiser import Cond, SizeInfo
 from .comfy_patch import model_family
 
 
+def _copy_if_inference(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clone() if weight.is_inference() else weight
+
+
+def _add_trainable_copies(patcher, networks: dict[str, torch.nn.Module]) -> None:
+    """A weight wrapper on every weight and bias of the networks' cast-capable (comfy.ops) layers."""
+    names = {id(m): n for n, m in patcher.model.named_modules()}
+    for network in networks.values():
+        for module in network.modules():
+            if not hasattr(module, "weight_function"):
+                continue
+            for param in ("weight", "bias"):
+                if getattr(module, param, None) is not None:
+                    patcher.add_weight_wrapper(f"{names[id(module)]}.{param}", _copy_if_inference)
+
+
+def _is_dynamic(patcher) -> bool:
+    return bool(getattr(patcher, "is_dynamic", lambda: False)())
+
+
 class ComfyDenoiser:
-    def __init__(self, model, clip, vae):
-        self.model, self.clip, self.vae = model, clip, vae
-        self.base_model = model.model
+    def __init__(self, model, clip, vae, train_text_encoder: bool = False):
+        self.host_model = model
+        self.model = model.clone()  # carries the weight wrappers; the host's patcher is left alone
+        self.clip = clip.clone() if train_text_encoder else clip
+        self.vae = vae
+        self.train_text_encoder = train_text_encoder
+        self.base_model = self.model.model
         model_type = getattr(self.base_model, "model_type", comfy.model_base.ModelType.EPS)
         if model_type == comfy.model_base.ModelType.EPS:
             self.prediction_type = "epsilon"
@@ -37,24 +68,27 @@ class ComfyDenoiser:
         sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
         self.sigmas = sigmas
         self.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
-        self._swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
         self._frozen: list[torch.nn.Parameter] = []
+        self._in_training = None
 
     def __enter__(self) -> "ComfyDenoiser":
-        """Load the model and make it trainable. Nodes run under torch.inference_mode, so ComfyUI's
-        weights are inference tensors, which autograd may not save for backward: for the duration of
-        training each such parameter is swapped for a normal copy with the same values."""
-        comfy.model_management.load_models_gpu([self.model])
         try:
-            for network in self.networks().values():
-                for module in network.modules():
-                    for name, param in list(module.named_parameters(recurse=False)):
-                        if param.is_inference():
-                            setattr(module, name, torch.nn.Parameter(param.detach().clone(), requires_grad=False))
-                            self._swapped.append((module, name, param))
-                        elif param.requires_grad:  # only the adapters train: no .grad memory for the host's weights
-                            param.requires_grad_(False)
-                            self._frozen.append(param)
+            nets = self.networks()
+            _add_trainable_copies(self.model, {"unet": nets["unet"]})
+            patchers = [self.model]
+            if self.train_text_encoder:
+                _add_trainable_copies(self.clip.patcher, {k: v for k, v in nets.items() if k != "unet"})
+                patchers.append(self.clip.patcher)
+            dynamic = any(_is_dynamic(p) for p in patchers)
+            comfy.model_management.load_models_gpu(patchers, force_full_load=not dynamic)
+            for network in nets.values():
+                for param in network.parameters():
+                    if param.requires_grad:  # only the adapters train: no .grad memory for the host's weights
+                        param.requires_grad_(False)
+                        self._frozen.append(param)
+            if hasattr(comfy.model_management, "in_training"):  # current ComfyUI: no fused INT8 paths
+                self._in_training = comfy.model_management.in_training
+                comfy.model_management.in_training = True
         except BaseException:
             self.close()
             raise
@@ -64,13 +98,15 @@ class ComfyDenoiser:
         self.close()
 
     def close(self) -> None:
-        """Put the host's own parameters and requires_grad flags back."""
-        for module, name, param in reversed(self._swapped):
-            setattr(module, name, param)
+        """Put the host's requires_grad flags (and ComfyUI's training flag) back."""
         for param in self._frozen:
-            param.requires_grad_(True)
-        self._swapped.clear()
+            # torch allows turning requires_grad back on for inference tensors only in inference mode
+            with torch.inference_mode(param.is_inference()):
+                param.requires_grad_(True)
         self._frozen.clear()
+        if self._in_training is not None:
+            comfy.model_management.in_training = self._in_training
+            self._in_training = None
 
     def networks(self) -> dict[str, torch.nn.Module]:
         nets = {"unet": self.base_model.diffusion_model}

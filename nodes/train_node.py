@@ -159,7 +159,7 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
         _send({"node": node_id, "event": "progress", "phase": phase, "done": done, "total": total})
 
     events = JobEvents(on_step=on_step, on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
-    with ComfyDenoiser(model, clip, vae) as denoiser:
+    with ComfyDenoiser(model, clip, vae, spec.config.train_text_encoder) as denoiser:
         try:
             job = run_job(denoiser, spec, events)
         except TrainingInterrupted as exc:
