@@ -21,10 +21,13 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=None, help="LoRA rank for --to lora (default: exact rank)")
     p.add_argument("--base", choices=families.names(), default=None, help="base model when it cannot be detected")
     p.add_argument("--float32", action="store_true", help="store float32 (default float16)")
+    p.add_argument("--checkpoint", default=None,
+                   help="single-file base checkpoint: DoRA-LoKr modules are converted as they act on its weights")
 
 
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="KronA files (several: merged into one KronA file)")
+    p.add_argument("inputs", nargs="+", help="KronA files (several: merged into one KronA file); with --checkpoint "
+                                            "one file, KronA or any adapter file `convert` reads")
     p.add_argument("--out", required=True, help="output: a .krona.safetensors, or a checkpoint file / diffusers folder with --checkpoint")
     p.add_argument("--weights", default=None, help="comma-separated weight per input (default 1 each)")
     p.add_argument("--checkpoint", default=None, help="bake one KronA file into this single-file checkpoint or diffusers folder")
@@ -37,28 +40,32 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from ..convert.convert import convert_file
 
-    report = convert_file(args.src, args.dst, args.to, args.a1, args.a2, args.budget, args.rank, args.base, args.float32)
+    report = convert_file(args.src, args.dst, args.to, args.a1, args.a2, args.budget, args.rank, args.base, args.float32,
+                          args.checkpoint)
     print(report.text)
     return 0
 
 
 def run_merge(args: argparse.Namespace) -> int:
     from ..convert.convert import Report
-    from ..convert.merge import merge_files, merge_into_checkpoint, merge_into_diffusers
+    from ..convert.merge import checkpoint_family, merge_files, merge_into_checkpoint, merge_into_diffusers
+    from ..convert.sources import read_source
     from ..files.model import SUFFIX
     from ..files.reader import read
     from ..files.writer import write
 
-    files = [read(p) for p in args.inputs]
     if args.checkpoint:
-        if len(files) != 1:
-            raise SystemExit("error: --checkpoint bakes exactly one KronA file; merge several first")
+        if len(args.inputs) != 1:
+            raise SystemExit("error: --checkpoint bakes exactly one adapter file; merge several first")
         if os.path.isdir(args.checkpoint):
-            info = merge_into_diffusers(args.checkpoint, files[0], args.strength, args.out)
+            info = merge_into_diffusers(args.checkpoint, read(args.inputs[0]), args.strength, args.out)
         else:
-            info = merge_into_checkpoint(args.checkpoint, files[0], args.strength, args.out)
+            src = args.inputs[0]
+            adapter = read(src) if src.endswith(SUFFIX) else read_source(src, checkpoint_family(args.checkpoint))
+            info = merge_into_checkpoint(args.checkpoint, adapter, args.strength, args.out)
         print(f"wrote {args.out}: {info['modules']} modules baked at strength {args.strength:g}")
         return 0
+    files = [read(p) for p in args.inputs]
     if not args.out.endswith(SUFFIX):
         raise SystemExit(f"error: --out must end with {SUFFIX}")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(files)

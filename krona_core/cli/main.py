@@ -12,7 +12,8 @@ import sys
 
 from ..convert.errors import ConvertError
 from ..families import FamilyError
-from ..files.model import KronAFileError
+from .. import families
+from ..files.model import SUFFIX, KronAFileError
 from ..files.reader import read
 from ..naming.kohya import KeyMapError
 from ..train.diffusers_backend import BaseLoadError
@@ -27,6 +28,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if not args.file.endswith(SUFFIX):
+        return _info_other(args)
     file = read(args.file)
     if args.json:
         shapes = {k: s.to_json() + list(s.kernel) for k, s in file.shapes().items()}
@@ -62,6 +65,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_other(args: argparse.Namespace) -> int:
+    """Any adapter file `convert` reads: LoKr of every trainer, LoRA, LyCORIS full, official."""
+    from ..convert.describe import describe_source, module_rows
+    from ..convert.sources import read_source
+
+    source = read_source(args.file, args.base)
+    if args.json:
+        print(json.dumps({"format": source.format, "base": source.base, "metadata": source.metadata,
+                          "modules": module_rows(source)}, indent=2))
+    else:
+        print(describe_source(source))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import run_train
 
@@ -94,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_arguments(merge)
     merge.set_defaults(func=run_merge)
 
-    info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file")
+    info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file, or format and "
+                                       "module kinds of any adapter file `convert` reads")
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--base", choices=families.names(), default=None,
+                      help="base model of a non-KronA file when it cannot be detected")
     info.set_defaults(func=cmd_info)
     return parser
 

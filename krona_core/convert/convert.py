@@ -151,9 +151,10 @@ class Report:
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, a1: int = 64, a2: int = 8,
                  budget: int | None = None, rank: int | None = None, base: str | None = None,
-                 float32: bool = False) -> Report:
+                 float32: bool = False, checkpoint: str | os.PathLike | None = None) -> Report:
     """Convert one file: to KronA (`*.krona.safetensors`, or to="krona"), a kohya LoRA ("lora")
-    or a materialised ΔW ("diff", LyCORIS full). Never overwrites."""
+    or a materialised ΔW ("diff", LyCORIS full). Never overwrites. DoRA modules, whose change
+    depends on the base, need the base `checkpoint` they are converted for."""
     src, dst = os.fspath(src), os.fspath(dst)
     target = to or ("krona" if dst.endswith(SUFFIX) else None)
     if target not in ("krona", "lora", "diff"):
@@ -161,7 +162,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
     if os.path.exists(dst):
         raise ConvertError(f"{dst} exists; nothing was overwritten")
     dtype = torch.float32 if float32 else torch.float16
-    source = read_source(src, base)
+    if checkpoint is not None:
+        from .merge import bind_base, checkpoint_family
+
+        source = bind_base(read_source(src, base or checkpoint_family(checkpoint)), checkpoint)
+    else:
+        source = read_source(src, base)
     report = Report(dst, [f"{src}: {source.format}, base {source.base or 'unknown'}, {len(source.modules)} modules"])
     if target == "krona":
         result = to_krona(source, a1, a2, budget)

@@ -4,7 +4,9 @@
 - `LowRank`: ΔW = up · down — kohya, ComfyUI-trainer and diffusers/PEFT LoRAs (scale baked in);
 - `Dense`: a materialised ΔW — LyCORIS "full" (`.diff`) files;
 - `Official`: an official DiffuseKronA module, ΔW[p·a1 + q, i·b2 + j] = down[i, q] · up[p, j] — a
-  Kronecker product with shuffled output rows, exact as a LoRA but not as a plain KronA.
+  Kronecker product with shuffled output rows, exact as a LoRA but not as a plain KronA;
+- LoKr's extras (`lokr.py`): a row window of a fused-qkv product, and DoRA-LoKr, whose change
+  depends on the base weight (`needs_base`, `delta_on`).
 
 A converter asks each module for its dense ΔW, its exact Kronecker factors (if it has them), its
 squared norm (for error totals) and its best LoRA at a rank; it never branches on the kind.
@@ -26,6 +28,7 @@ class SourceModule(ABC):
     """One adapted module of a source file, named the kohya way."""
 
     name: str
+    needs_base = False  # True: ΔW depends on the base weight (DoRA); see `delta_on`
 
     @property
     @abstractmethod
@@ -39,6 +42,10 @@ class SourceModule(ABC):
     def kronecker(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(w1, w2) when ΔW is exactly kron(w1, w2), else None."""
         return None
+
+    def delta_on(self, weight: torch.Tensor) -> torch.Tensor:
+        """What a host adds to `weight` at strength 1, float64 in the weight's shape."""
+        return self.dense().reshape(weight.shape)
 
     def squared_norm(self) -> float:
         return float((self.dense() ** 2).sum())

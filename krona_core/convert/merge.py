@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ from ..ops.matmul import materialise
 from ..ops.shapes import KronShape, choose_shape
 from .convert import Conversion, ErrorTally, Progress, fit_kronecker
 from .errors import ConvertError
-from .sources import load_tensors
+from .kinds import Dense, Kronecker, SourceModule
+from .sources import Source, load_tensors
 
 
 def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | None = None, a2: int | None = None) -> Conversion:
@@ -77,39 +79,101 @@ def _add(target: torch.Tensor, delta: torch.Tensor, rows: tuple[int, int] | None
     return out.to(target.dtype)
 
 
-def merge_into_checkpoint(checkpoint: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike,
+def _modules_of(adapter: KronAFile | Source) -> dict[str, SourceModule]:
+    if isinstance(adapter, KronAFile):
+        return {name: Kronecker(name, w1, w2) for name, (w1, w2) in adapter.modules.items()}
+    return dict(adapter.modules)
+
+
+def _base_of(adapter: KronAFile | Source) -> str | None:
+    return adapter.base_model if isinstance(adapter, KronAFile) else adapter.base
+
+
+def _module_weight(tensor: torch.Tensor, slot) -> torch.Tensor:
+    """The module's own weight inside a checkpoint tensor (a row block of a fused one, or transposed)."""
+    if slot.rows:
+        index, count = slot.rows
+        size = tensor.shape[0] // count
+        return tensor[index * size:(index + 1) * size]
+    return tensor.T if slot.transposed else tensor
+
+
+class _Checkpoint:
+    """A single-file checkpoint's tensors, its family and where each kohya module's weight lives."""
+
+    def __init__(self, path: str, adapter: KronAFile | Source):
+        self.path = path
+        self.tensors, self.metadata = load_tensors(path)
+        shapes = {k: tuple(v.shape) for k, v in self.tensors.items()}
+        family = families.detect(shapes)
+        if family is None:
+            raise ConvertError(f"{path}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
+        self.base = family.name
+        if _base_of(adapter) and _base_of(adapter) != self.base:
+            raise ConvertError(f"{getattr(adapter, 'path', '')}: the file is for {_base_of(adapter)}, {path} is {self.base}")
+        self.slots = family.checkpoint_modules(shapes)
+
+    def weight(self, name: str, module: SourceModule) -> torch.Tensor:
+        if name not in self.slots:
+            raise ConvertError(f"{name}: the module has no weight in {self.path}")
+        slot, weight_shape = self.slots[name]
+        weight = _module_weight(self.tensors[slot.key], slot)
+        if tuple(module.weight_shape[:2]) != tuple(weight.shape[:2]):
+            raise ConvertError(f"{name}: the adapter gives {list(module.weight_shape)}, the checkpoint weight is "
+                               f"{list(weight.shape)}")
+        return weight
+
+    def add(self, name: str, delta: torch.Tensor) -> None:
+        slot, _ = self.slots[name]
+        self.tensors[slot.key] = _add(self.tensors[slot.key], delta, slot.rows, slot.transposed)
+
+
+def checkpoint_family(path: str | os.PathLike) -> str:
+    """The family of a single-file checkpoint, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), "pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ConvertError(f"{path}: cannot read as safetensors ({exc})") from None
+    family = families.detect(shapes)
+    if family is None:
+        raise ConvertError(f"{path}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
+    return family.name
+
+
+def bind_base(source: Source, checkpoint: str | os.PathLike) -> Source:
+    """The source with its base-dependent (DoRA) modules replaced by the ΔW they give on this
+    checkpoint's weights, as the hosts apply them."""
+    ckpt = _Checkpoint(os.fspath(checkpoint), source)
+    modules = {name: Dense(name, module.delta_on(ckpt.weight(name, module).float()).float()) if module.needs_base else module
+               for name, module in source.modules.items()}
+    return dataclasses.replace(source, modules=modules, base=source.base or ckpt.base)
+
+
+def merge_into_checkpoint(checkpoint: str | os.PathLike, adapter: KronAFile | Source, strength: float, out: str | os.PathLike,
                           progress: Progress | None = None) -> dict[str, str]:
-    """Bake strength·ΔW into a single-file (ldm/SGM) checkpoint, written to a new file."""
+    """Bake strength·ΔW of a KronA file or any adapter source (`read_source`: LoKr of every
+    trainer, DoRA-LoKr applied as the hosts apply it, LoRA) into a single-file (ldm/SGM)
+    checkpoint, written to a new file."""
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
     if os.path.exists(out):
         raise ConvertError(f"{out}: already exists; nothing was overwritten")
-    tensors, metadata = load_tensors(checkpoint)
-    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    family = families.detect(shapes)
-    if family is None:
-        raise ConvertError(f"{checkpoint}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
-    base = family.name
-    if file.base_model and file.base_model != base:
-        raise ConvertError(f"{file.path}: the file is for {file.base_model}, {checkpoint} is {base}")
-    slots = family.checkpoint_modules(shapes)
-    missing = [n for n in file.modules if n not in slots]
-    if missing:
-        raise ConvertError(f"{file.path}: {len(missing)} module(s) have no weight in {checkpoint}, e.g. {missing[:3]}")
-    for index, (name, (w1, w2)) in enumerate(sorted(file.modules.items())):
-        slot, weight_shape = slots[name]
-        delta = materialise(w1.float(), w2.float()) * strength
-        if tuple(delta.shape[:2]) != tuple(weight_shape[:2]):
-            raise ConvertError(f"{file.path}: {name} gives {list(delta.shape)}, the checkpoint weight is {list(weight_shape)}")
-        tensors[slot.key] = _add(tensors[slot.key], delta, slot.rows, slot.transposed)
+    ckpt = _Checkpoint(checkpoint, adapter)
+    modules = _modules_of(adapter)
+    for index, (name, module) in enumerate(sorted(modules.items())):
+        weight = ckpt.weight(name, module)
+        ckpt.add(name, module.delta_on(weight.float()).float() * strength)
         if progress:
-            progress(index + 1, len(file.modules), name)
-    metadata = {**metadata, "krona.merged": json.dumps({"file": file.name, "strength": strength,
-                                                         "modules": len(file.modules)})}
+            progress(index + 1, len(modules), name)
+    name = adapter.name if isinstance(adapter, KronAFile) else os.path.basename(adapter.path)
+    metadata = {**ckpt.metadata, "krona.merged": json.dumps({"file": name, "strength": strength, "modules": len(modules)})}
     try:
-        atomic.write_safetensors(out, tensors, metadata)
+        atomic.write_safetensors(out, ckpt.tensors, metadata)
     except FileExistsError:
         raise ConvertError(f"{out}: already exists; nothing was overwritten") from None
-    return {"base": base, "modules": str(len(file.modules))}
+    return {"base": ckpt.base, "modules": str(len(modules))}
 
 
 def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike) -> dict[str, str]:

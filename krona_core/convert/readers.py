@@ -9,51 +9,19 @@ modules the kohya way through the base model's family (`krona_core.families`), n
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from typing import Mapping
 
 import torch
 
 from ..families import Family
+from ..naming.kohya import KeyMapError
+from ..naming.unet import dotted_diffusers_unet
 from .errors import ConvertError
-from .kinds import Dense, Kronecker, LowRank, Official, SourceModule
-
-Parts = dict[str, torch.Tensor]
-_KOHYA_NAME = r"lora_(?:unet|te1|te2|te)_[A-Za-z0-9_]+"
-
-
-class Reader(ABC):
-    format: str
-    pattern: re.Pattern
-    needs_family = False  # module paths are diffusers / ldm ones: the family names them
-
-    def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
-        return all(self.pattern.match(k) for k in tensors)
-
-    def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        """{(network, module): {part: tensor}}; `pattern` splits a key into (module, part)."""
-        out: dict[tuple[str, str], Parts] = {}
-        for key, value in tensors.items():
-            m = self.pattern.match(key)
-            out.setdefault(("", m.group(1)), {})[m.group(2)] = value
-        return out
-
-    @abstractmethod
-    def module(self, name: str, parts: Parts, path: str) -> SourceModule:
-        """The module of one group of parts."""
-
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return module
-
-    def read(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], SourceModule]:
-        """Modules keyed by (network, module path as the file names it)."""
-        return {key: self.module(key[1], parts, path) for key, parts in self.groups(tensors, path).items()}
-
-
-def _need(parts: Parts, names: tuple[str, ...], module: str, path: str, what: str) -> None:
-    if not all(n in parts for n in names):
-        raise ConvertError(f"{path}: module {module} lacks {what}")
-
+from .kinds import Dense, LowRank, Official, SourceModule
+from .lokr import PARTS as LOKR_PARTS
+from .lokr import lokr_module
+from .reader_base import KOHYA_NAME, Parts, Reader, need_parts
+from .peft_lokr import PeftLoKrReader
 
 def lora_module(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None) -> LowRank:
     """ΔW = up · down · alpha / rank as a LowRank module (the scale baked into up)."""
@@ -64,46 +32,81 @@ def lora_module(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Te
     return LowRank(name, up.reshape(up.shape[0], rank).float() * scale, down.reshape(rank, -1).float(), shape)
 
 
+_LOKR_PART = "|".join(LOKR_PARTS)
+
+
+def lokr_format(tensors: Mapping[str, torch.Tensor]) -> str:
+    """krona (full factors only), lokr (decomposed / Tucker / row windows) or dora-lokr."""
+    if any(k.endswith(".dora_scale") for k in tensors):
+        return "dora-lokr"
+    return "lokr" if any(k.endswith(("_a", "_b", "_t2", ".row_offset")) for k in tensors) else "krona"
+
+
 class LoKrReader(Reader):
-    """.krona files and every LyCORIS LoKr variant: full, decomposed (w1_a/w1_b, w2_a/w2_b), Tucker
-    (t2), conv — each an exact Kronecker product. Scale: alpha / dim for a decomposed half (dim =
-    that half's rank; when both are decomposed the w2 rank, as ComfyUI, A1111 and LyCORIS compute
-    it); 1 when both halves are full."""
+    """.krona files and LoKr files in kohya names (kohya, LyCORIS, ai-toolkit, OneTrainer): full,
+    decomposed, Tucker, conv, row windows, DoRA — scale by the LyCORIS rule (`lokr.py`)."""
 
     format = "lokr"
-    pattern = re.compile(rf"^({_KOHYA_NAME})\.(lokr_w1|lokr_w2|lokr_w1_a|lokr_w1_b|lokr_w2_a|lokr_w2_b|lokr_t2|alpha)$")
+    pattern = re.compile(rf"^({KOHYA_NAME})\.({_LOKR_PART})$")
 
-    def format_of(self, tensors: Mapping[str, torch.Tensor]) -> str:
-        return "lokr" if any(k.endswith(("_a", "_b", "_t2")) for k in tensors) else "krona"
+    def module(self, name: str, parts: Parts, path: str) -> SourceModule:
+        return lokr_module(name, parts, path)
 
-    def module(self, name: str, parts: Parts, path: str) -> Kronecker:
-        parts = {k: v.float() for k, v in parts.items()}
-        dim = None
-        if "lokr_w1" in parts:
-            w1 = parts["lokr_w1"]
-        else:
-            _need(parts, ("lokr_w1_a", "lokr_w1_b"), name, path, "its lokr_w1 (or lokr_w1_a + lokr_w1_b)")
-            w1, dim = parts["lokr_w1_a"] @ parts["lokr_w1_b"], parts["lokr_w1_b"].shape[0]
-        if "lokr_w2" in parts:
-            w2 = parts["lokr_w2"]
-        else:
-            _need(parts, ("lokr_w2_a", "lokr_w2_b"), name, path, "its lokr_w2 (or lokr_w2_a + lokr_w2_b)")
-            a, b = parts["lokr_w2_a"], parts["lokr_w2_b"]
-            dim = b.shape[0]
-            if "lokr_t2" in parts:  # Tucker: w2[p, r, k, l] = Σ t2[i, j, k, l] · b[j, r] · a[i, p]
-                w2 = torch.einsum("ijkl,jr,ip->prkl", parts["lokr_t2"], b, a)
-            else:
-                w2 = (a @ b.reshape(b.shape[0], -1)).reshape(a.shape[0], *b.shape[1:])
-        scale = float(parts["alpha"]) / dim if dim is not None and "alpha" in parts else 1.0
-        return Kronecker(name, w1 * scale, w2)
+
+class LycorisLoKrReader(LoKrReader):
+    """LyCORIS's own wrapper names, `lycoris_<underscored diffusers UNet path>` (SimpleTuner)."""
+
+    format = "lycoris-lokr"
+    pattern = re.compile(rf"^lycoris_([A-Za-z0-9_]+)\.({_LOKR_PART})$")
+    needs_family = True
+
+    def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
+        out = {}
+        for (_, module), parts in super().groups(tensors, path).items():
+            try:
+                out[("unet", dotted_diffusers_unet(module))] = parts
+            except KeyMapError as exc:
+                raise ConvertError(f"{path}: key 'lycoris_{module}': {exc}") from None
+        return out
+
+    def kohya_name(self, network: str, module: str, family: Family) -> str:
+        return family.kohya_name(network, module)
+
+
+class ComfyLoKrReader(LoKrReader):
+    """LoKr files of ComfyUI's own trainer (and others writing ComfyUI's names):
+    `diffusion_model.<ldm path>.lokr_w1` …"""
+
+    format = "comfy-lokr"
+    pattern = re.compile(rf"^((?:diffusion_model|text_encoders)\..+?)\.({_LOKR_PART}|diff|diff_b|set_weight)$")
+    needs_family = True
+
+    def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
+        return super().claims(tensors) and any(k.endswith(".lokr_w1") or k.endswith(".lokr_w1_a") for k in tensors)
+
+    def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
+        out = {}
+        for (_, module), parts in super().groups(tensors, path).items():
+            other = sorted(set(parts) & {"diff", "diff_b", "set_weight"})
+            if other:
+                raise ConvertError(f"{path}: key {module}.{other[0]!r}: ComfyUI's trainer stores bias and norm changes as "
+                                   "dense differences, which are not Kronecker modules; train without them or use the "
+                                   "file in ComfyUI's LoRA loader")
+            if not module.startswith("diffusion_model."):
+                raise ConvertError(f"{path}: {module!r}: only diffusion-model modules of ComfyUI files are converted")
+            out[("unet", module[len("diffusion_model."):])] = parts
+        return out
+
+    def kohya_name(self, network: str, module: str, family: Family) -> str:
+        return family.kohya_name(network, module)
 
 
 class KohyaLoRAReader(Reader):
     format = "lora"
-    pattern = re.compile(rf"^({_KOHYA_NAME})\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha)$")
+    pattern = re.compile(rf"^({KOHYA_NAME})\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha)$")
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
-        _need(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
+        need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
         if "lora_mid.weight" in parts:
             raise ConvertError(f"{path}: {name}: LoCon Tucker (lora_mid) modules are not supported; convert them without --cp")
         return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
@@ -113,7 +116,7 @@ class DenseReader(Reader):
     """LyCORIS "full" files (`<module>.diff`), as `convert --to diff` writes them."""
 
     format = "diff"
-    pattern = re.compile(rf"^({_KOHYA_NAME})\.(diff)$")
+    pattern = re.compile(rf"^({KOHYA_NAME})\.(diff)$")
 
     def module(self, name: str, parts: Parts, path: str) -> Dense:
         return Dense(name, parts["diff"].float())
@@ -135,7 +138,7 @@ class ComfyLoRAReader(Reader):
         return out
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
-        _need(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
+        need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
         return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
 
     def kohya_name(self, network: str, module: str, family: Family) -> str:
@@ -149,7 +152,7 @@ def _processor_groups(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[str, st
     """Attention-processor keys (`….attn1.processor.to_q_lora.down.weight`) by UNet module path."""
     out: dict[tuple[str, str], Parts] = {}
     for key, value in tensors.items():
-        m = _PROCESSOR.match(key)
+        m = _PROCESSOR.fullmatch(key)
         target = m.group(2) + (".0" if m.group(2) == "to_out" else "")
         out.setdefault(("unet", f"{m.group(1)}.{target}"), {})[m.group(3)] = value
     return out
@@ -176,7 +179,7 @@ class OfficialReader(Reader):
         return _processor_groups(tensors)
 
     def module(self, name: str, parts: Parts, path: str) -> Official:
-        _need(parts, ("down", "up"), name, path, "its down or up weight")
+        need_parts(parts, ("down", "up"), name, path, "its down or up weight")
         return Official(name, parts["down"].float(), parts["up"].float())
 
     def kohya_name(self, network: str, module: str, family: Family) -> str:
@@ -193,19 +196,19 @@ class PeftLoRAReader(Reader):
     needs_family = True
 
     def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
-        return all(self.pattern.match(k) or _PROCESSOR.match(k) for k in tensors)
+        return all(self.pattern.fullmatch(k) or _PROCESSOR.fullmatch(k) for k in tensors)
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        out = _processor_groups({k: v for k, v in tensors.items() if _PROCESSOR.match(k)})
+        out = _processor_groups({k: v for k, v in tensors.items() if _PROCESSOR.fullmatch(k)})
         for key, value in tensors.items():
-            m = None if _PROCESSOR.match(key) else self.pattern.match(key)
+            m = None if _PROCESSOR.fullmatch(key) else self.pattern.fullmatch(key)
             if m is not None:
                 owner, module = m.group(1) or m.group(4) or "unet", m.group(2) or m.group(5)
                 out.setdefault((owner, module), {})[{"lora_A": "down", "lora_B": "up"}.get(m.group(3), "alpha")] = value
         return out
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
-        _need(parts, ("down", "up"), name, path, "its lora_A/lora_B (down/up) weights")
+        need_parts(parts, ("down", "up"), name, path, "its lora_A/lora_B (down/up) weights")
         return lora_module(name, parts["down"], parts["up"], parts.get("alpha"))
 
     def kohya_name(self, network: str, module: str, family: Family) -> str:
@@ -213,8 +216,8 @@ class PeftLoRAReader(Reader):
 
 
 #: in claiming order: the official reader must see processor keys before PEFT's
-READERS: tuple[Reader, ...] = (OfficialReader(), LoKrReader(), KohyaLoRAReader(), ComfyLoRAReader(), PeftLoRAReader(),
-                               DenseReader())
+READERS: tuple[Reader, ...] = (OfficialReader(), LoKrReader(), LycorisLoKrReader(), ComfyLoKrReader(), KohyaLoRAReader(),
+                               ComfyLoRAReader(), PeftLoRAReader(), PeftLoKrReader(), DenseReader())
 
 
 def reader_for(tensors: Mapping[str, torch.Tensor], path: str) -> Reader:
@@ -223,9 +226,9 @@ def reader_for(tensors: Mapping[str, torch.Tensor], path: str) -> Reader:
     for reader in READERS:
         if reader.claims(tensors):
             return reader
-    unknown = next((k for k in tensors if not any(r.pattern.match(k) or _PROCESSOR.match(k) for r in READERS)), None)
+    unknown = next((k for k in tensors if not any(r.pattern.fullmatch(k) or _PROCESSOR.fullmatch(k) for r in READERS)), None)
     if unknown is None:
         raise ConvertError(f"{path}: mixes keys of several adapter formats (e.g. {next(iter(tensors))!r}); "
                            "convert each part separately")
-    raise ConvertError(f"{path}: unknown key {unknown!r}: not KronA, LyCORIS LoKr (or full), kohya/ComfyUI/PEFT LoRA "
-                       "or official DiffuseKronA")
+    raise ConvertError(f"{path}: unknown key {unknown!r}: not KronA, LoKr (kohya/LyCORIS, SimpleTuner, ComfyUI, PEFT "
+                       "names), LyCORIS full, kohya/ComfyUI/PEFT LoRA or official DiffuseKronA")

@@ -15,7 +15,7 @@ from ..families import FamilyError
 from ..files.model import split_trigger_words
 from .errors import ConvertError
 from .kinds import SourceModule
-from .readers import LoKrReader, reader_for
+from .readers import LoKrReader, lokr_format, reader_for
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -66,7 +66,7 @@ def read_source(path: str | os.PathLike, base: str | None = None) -> Source:
     tensors, metadata = load_tensors(path)
     reader = reader_for(tensors, path)
     family = _family(base, path) if base else families.find(metadata.get("krona.base_model"))
-    raw = reader.read(tensors, path)
+    raw = reader.read(tensors, path, metadata)
     shapes = {name: module.weight_shape for (_, name), module in raw.items()}
     if reader.needs_family:
         if family is None:
@@ -81,7 +81,7 @@ def read_source(path: str | os.PathLike, base: str | None = None) -> Source:
     else:
         modules = {name: module for (_, name), module in raw.items()}
         family = family or families.detect(shapes)
-    fmt = reader.format_of(tensors) if isinstance(reader, LoKrReader) else reader.format
+    fmt = lokr_format(tensors) if type(reader) is LoKrReader else reader.format
     return Source(path, fmt, family.name if family else None, modules, metadata, sha256_file(path))
 
 

@@ -279,3 +279,21 @@ def strip_unet_prefix(path: str) -> str:
         if path.startswith(prefix):
             return path[len(prefix):]
     return path
+
+
+_UNDERSCORED_BLOCK = re.compile(r"^(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)$"
+                                r"|^(mid_block)_(resnets|attentions)_(\d+)_(.+)$")
+_UNDERSCORED_TOP = {name.replace(".", "_"): name for name in _TOP_LEVEL}
+
+
+def dotted_diffusers_unet(underscored: str) -> str:
+    """A diffusers UNet path from its fully underscored form (LyCORIS's `lycoris_…` names, as
+    SimpleTuner writes them): the block structure dotted, which is what the ldm map reads; the
+    block's inner path kept as one underscored part (kohya names underscore it anyway; a resnet's
+    inner path is one member, `time_emb_proj`, `conv_shortcut`, …)."""
+    if underscored in _UNDERSCORED_TOP:
+        return _UNDERSCORED_TOP[underscored]
+    m = _UNDERSCORED_BLOCK.match(underscored)
+    if m is None:
+        raise KeyMapError(f"{underscored!r} is not an underscored diffusers UNet module path")
+    return ".".join(g for g in m.groups() if g is not None)

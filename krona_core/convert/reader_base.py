@@ -1,0 +1,51 @@
+"""What every reader of an adapter-file format implements: claim the keys, group them into
+modules, build one module kind per group, name it the kohya way."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import Mapping
+
+import torch
+
+from ..families import Family
+from .errors import ConvertError
+from .kinds import SourceModule
+
+Parts = dict[str, torch.Tensor]
+KOHYA_NAME = r"lora_(?:unet|te1|te2|te)_[A-Za-z0-9_]+"
+
+
+class Reader(ABC):
+    format: str
+    pattern: re.Pattern
+    needs_family = False  # module paths are diffusers / ldm ones: the family names them
+
+    def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
+        return all(self.pattern.fullmatch(k) for k in tensors)
+
+    def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
+        """{(network, module): {part: tensor}}; `pattern` splits a key into (module, part)."""
+        out: dict[tuple[str, str], Parts] = {}
+        for key, value in tensors.items():
+            m = self.pattern.fullmatch(key)
+            out.setdefault(("", m.group(1)), {})[m.group(2)] = value
+        return out
+
+    @abstractmethod
+    def module(self, name: str, parts: Parts, path: str) -> SourceModule:
+        """The module of one group of parts."""
+
+    def kohya_name(self, network: str, module: str, family: Family) -> str:
+        return module
+
+    def read(self, tensors: Mapping[str, torch.Tensor], path: str,
+             metadata: Mapping[str, str] | None = None) -> dict[tuple[str, str], SourceModule]:
+        """Modules keyed by (network, module path as the file names it)."""
+        return {key: self.module(key[1], parts, path) for key, parts in self.groups(tensors, path).items()}
+
+
+def need_parts(parts: Parts, names: tuple[str, ...], module: str, path: str, what: str) -> None:
+    if not all(n in parts for n in names):
+        raise ConvertError(f"{path}: module {module} lacks {what}")
