@@ -48,7 +48,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from ..convert.convert import Report
-    from ..convert.merge import checkpoint_family, merge_files, merge_into_checkpoint, merge_into_diffusers
+    from ..convert.merge import checkpoint_naming, merge_files, merge_into_checkpoint, merge_into_diffusers
     from ..convert.sources import read_source
     from ..files.model import SUFFIX
     from ..files.reader import read
@@ -61,7 +61,7 @@ def run_merge(args: argparse.Namespace) -> int:
             info = merge_into_diffusers(args.checkpoint, read(args.inputs[0]), args.strength, args.out)
         else:
             src = args.inputs[0]
-            adapter = read(src) if src.endswith(SUFFIX) else read_source(src, checkpoint_family(args.checkpoint))
+            adapter = read(src) if src.endswith(SUFFIX) else read_source(src, *checkpoint_naming(args.checkpoint))
             info = merge_into_checkpoint(args.checkpoint, adapter, args.strength, args.out)
         print(f"wrote {args.out}: {info['modules']} modules baked at strength {args.strength:g}")
         return 0

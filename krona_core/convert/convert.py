@@ -163,9 +163,10 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
         raise ConvertError(f"{dst} exists; nothing was overwritten")
     dtype = torch.float32 if float32 else torch.float16
     if checkpoint is not None:
-        from .merge import bind_base, checkpoint_family
+        from .merge import bind_base, checkpoint_naming
 
-        source = bind_base(read_source(src, base or checkpoint_family(checkpoint)), checkpoint)
+        family, unet_map = checkpoint_naming(checkpoint)
+        source = bind_base(read_source(src, base or family, unet_map), checkpoint)
     else:
         source = read_source(src, base)
     report = Report(dst, [f"{src}: {source.format}, base {source.base or 'unknown'}, {len(source.modules)} modules"])

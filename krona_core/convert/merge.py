@@ -128,8 +128,9 @@ class _Checkpoint:
         self.tensors[slot.key] = _add(self.tensors[slot.key], delta, slot.rows, slot.transposed)
 
 
-def checkpoint_family(path: str | os.PathLike) -> str:
-    """The family of a single-file checkpoint, from its header alone."""
+def checkpoint_naming(path: str | os.PathLike) -> tuple[str, UNetKeyMap]:
+    """The family of a single-file checkpoint and its UNet layout, from its header alone (what
+    `read_source` needs to name a file's modules for this checkpoint)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -140,7 +141,7 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     family = families.detect(shapes)
     if family is None:
         raise ConvertError(f"{path}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
-    return family.name
+    return family.name, UNetKeyMap.from_names(k for k in shapes if k.startswith("model.diffusion_model."))
 
 
 def bind_base(source: Source, checkpoint: str | os.PathLike) -> Source:

@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 import torch
 
-from ..families import Family
 from ..naming.unet import unet_style
 from .errors import ConvertError
 from .kinds import SourceModule
@@ -73,6 +72,7 @@ class PeftLoKrReader(Reader):
     pattern = re.compile(rf"(?:base_model\.model\.)?(?:({'|'.join(_COMPONENTS)})\.)?(.+?)\.({'|'.join(FACTORS)})"
                          r"(?:\.default)?")
     needs_family = True
+    diffusers_components = True
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
         out: dict[tuple[str, str], Parts] = {}
@@ -95,5 +95,3 @@ class PeftLoKrReader(Reader):
     def module(self, name: str, parts: Parts, path: str) -> SourceModule:
         raise ConvertError(f"{path}: {name}: a PEFT LoKr module needs its config's scale")  # read() gives it
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(family.network_of_diffusers(network), module)

@@ -21,6 +21,7 @@ class Reader(ABC):
     format: str
     pattern: re.Pattern
     needs_family = False  # module paths are diffusers / ldm ones: the family names them
+    diffusers_components = False  # networks are named as diffusers pipeline components (unet, text_encoder…)
 
     def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
         return all(self.pattern.fullmatch(k) for k in tensors)
@@ -37,8 +38,14 @@ class Reader(ABC):
     def module(self, name: str, parts: Parts, path: str) -> SourceModule:
         """The module of one group of parts."""
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return module
+    def kohya_name(self, network: str, module: str, family: Family, unet_map=None) -> str:
+        """The module's kohya name; `unet_map`: the layout of the model it is for, when that is not
+        the family's real one (reduced test models)."""
+        if not self.needs_family:
+            return module
+        if self.diffusers_components:
+            network = family.network_of_diffusers(network)
+        return family.kohya_name(network, module, unet_map)
 
     def read(self, tensors: Mapping[str, torch.Tensor], path: str,
              metadata: Mapping[str, str] | None = None) -> dict[tuple[str, str], SourceModule]:

@@ -13,7 +13,6 @@ from typing import Mapping
 
 import torch
 
-from ..families import Family
 from ..naming.kohya import KeyMapError
 from ..naming.unet import dotted_diffusers_unet
 from .errors import ConvertError
@@ -69,8 +68,6 @@ class LycorisLoKrReader(LoKrReader):
                 raise ConvertError(f"{path}: key 'lycoris_{module}': {exc}") from None
         return out
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(network, module)
 
 
 class ComfyLoKrReader(LoKrReader):
@@ -97,8 +94,6 @@ class ComfyLoKrReader(LoKrReader):
             out[("unet", module[len("diffusion_model."):])] = parts
         return out
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(network, module)
 
 
 class KohyaLoRAReader(Reader):
@@ -141,8 +136,6 @@ class ComfyLoRAReader(Reader):
         need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
         return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(network, module)
 
 
 _PROCESSOR = re.compile(r"^(?:unet\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -182,8 +175,6 @@ class OfficialReader(Reader):
         need_parts(parts, ("down", "up"), name, path, "its down or up weight")
         return Official(name, parts["down"].float(), parts["up"].float())
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(network, module)
 
 
 class PeftLoRAReader(Reader):
@@ -194,6 +185,7 @@ class PeftLoRAReader(Reader):
     pattern = re.compile(r"^(?:(unet|text_encoder|text_encoder_2)\.)?(.+?)\.(lora_A|lora_B)(?:\.default)?\.weight$"
                          r"|^(?:(unet|text_encoder|text_encoder_2)\.)?(.+?)\.alpha$")
     needs_family = True
+    diffusers_components = True
 
     def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
         return all(self.pattern.fullmatch(k) or _PROCESSOR.fullmatch(k) for k in tensors)
@@ -211,8 +203,6 @@ class PeftLoRAReader(Reader):
         need_parts(parts, ("down", "up"), name, path, "its lora_A/lora_B (down/up) weights")
         return lora_module(name, parts["down"], parts["up"], parts.get("alpha"))
 
-    def kohya_name(self, network: str, module: str, family: Family) -> str:
-        return family.kohya_name(family.network_of_diffusers(network), module)
 
 
 #: in claiming order: the official reader must see processor keys before PEFT's

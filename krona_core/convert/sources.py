@@ -13,6 +13,7 @@ import torch
 from .. import families
 from ..families import FamilyError
 from ..files.model import split_trigger_words
+from ..naming.unet import UNetKeyMap
 from .errors import ConvertError
 from .kinds import SourceModule
 from .readers import LoKrReader, lokr_format, reader_for
@@ -56,11 +57,12 @@ class Source:
         return split_trigger_words(self.metadata.get("modelspec.trigger_phrase", ""))
 
 
-def read_source(path: str | os.PathLike, base: str | None = None) -> Source:
+def read_source(path: str | os.PathLike, base: str | None = None, unet_map: UNetKeyMap | None = None) -> Source:
     """Read any supported adapter file into kohya-named modules.
 
     The base model is `base`, else the file's own record, else detected from the modules' shapes
-    (cross-attention widths); readers of diffusers-named files need it to name modules.
+    (cross-attention widths); readers of diffusers-named files need it to name modules, with the
+    UNet layout of the model the file is for (`unet_map`, default the family's real one).
     """
     path = os.fspath(path)
     tensors, metadata = load_tensors(path)
@@ -76,7 +78,7 @@ def read_source(path: str | os.PathLike, base: str | None = None) -> Source:
                                f"{', '.join(families.names())}")
         modules = {}
         for (network, name), module in raw.items():
-            kohya = reader.kohya_name(network, name, family)
+            kohya = reader.kohya_name(network, name, family, unet_map)
             modules[kohya] = dataclasses.replace(module, name=kohya)
     else:
         modules = {name: module for (_, name), module in raw.items()}
