@@ -4,6 +4,7 @@ generated once, saved and reused (krona_core.train.class_images)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -16,6 +17,7 @@ from krona_core import families
 from krona_core.tiny.pipeline import build_tiny_pipeline, sample_images
 from krona_core.tiny.teacher import tiny_denoiser
 from krona_core.train.config import TrainConfig
+from krona_core.train.class_images import ClassImageKey, base_fingerprint, cached_class_images
 from krona_core.train.data import fit_to_bucket
 from krona_core.train.dataset import CaptionPolicy, DatasetError, draw_seed, load_dataset, repeat_folder
 from krona_core.train.job import JobSpec, describe_defaults, resolve_defaults, run_job
@@ -174,32 +176,51 @@ def test_repeats_train_as_if_the_image_were_listed_that_many_times():
 
 
 def test_shuffled_and_dropped_captions_are_seeded():
-    config = dict(shuffle_caption=True, keep_tokens=1, caption_dropout=0.3, steps=6)
-    first, seen = _run(_spec(config=config))
-    again, seen_again = _run(_spec(config=config))
-    other, _ = _run(_spec(config={**config, "seed": 1}))
+    config = dict(shuffle_caption=True, keep_tokens=1, caption_dropout=0.3, steps=4)
+    prompt = "sks toy, red, small, shiny"
+    first, seen = _run(_spec(config=config, instance_prompt=prompt))
+    again, seen_again = _run(_spec(config=config, instance_prompt=prompt))
+    other, _ = _run(_spec(config={**config, "seed": 1}, instance_prompt=prompt))
     assert first.train.losses == again.train.losses and seen.prompts == seen_again.prompts
     assert first.train.losses != other.train.losses
-    trained = set(seen.prompts)
-    assert "" in trained and all(p == "" or p.startswith("sks toy") for p in trained)
-    assert len(trained - {""}) > 1  # more than one order of "red, small"
+    policy = CaptionPolicy(True, 1, 0.3)  # every draw's caption, computed here from its coordinates
+    expected = [policy.apply("sks toy, red, small, shiny", draw_seed(0, step, round_, 0, "instance"))
+                for step in range(4) for round_ in range(2)]
+    assert seen.prompts == list(dict.fromkeys(expected))  # encoded once each (frozen text encoder), in draw order
+    assert "" in expected and len(set(expected) - {""}) > 1
 
 
 def test_class_images_are_generated_once_and_reused(tmp_path):
-    spec = dict(class_prompt="a photo of a toy", num_class_images=2, class_dir=str(tmp_path))
+    spec = dict(class_prompt="a photo of a toy", num_class_images=1, class_dir=str(tmp_path), config=dict(steps=1))
     first, made = _run(_spec(**spec))
     folders = list(tmp_path.iterdir())
-    assert len(folders) == 1 and sorted(p.name for p in folders[0].glob("*.png")) == ["0000.png", "0001.png"]
-    assert made.decoded == 2
+    assert len(folders) == 1 and [p.name for p in folders[0].glob("*.png")] == ["0000.png"]
+    assert made.decoded == 1
     second, reused = _run(_spec(**spec))
     assert reused.decoded == 0  # nothing generated
     assert second.train.losses == first.train.losses
-    more, topped_up = _run(_spec(**{**spec, "num_class_images": 3}))
-    assert topped_up.decoded == 1 and len(list(folders[0].glob("*.png"))) == 3
-    _, changed = _run(_spec(**{**spec, "class_prompt": "a photo of a plush toy"}))
-    assert changed.decoded == 2 and len(list(tmp_path.iterdir())) == 2  # a new prompt: a new folder
-    _, other_base = _run(_spec(**spec), pipe_seed=1)
-    assert other_base.decoded == 2 and len(list(tmp_path.iterdir())) == 3  # another base: a new folder
+
+
+def test_the_class_image_folder_is_keyed_by_what_decides_the_images(tmp_path):
+    denoiser = Recording(tiny_denoiser(build_tiny_pipeline(0)))
+    key = ClassImageKey("a photo of a toy", base_fingerprint(denoiser), 4, 32, 32, seed=5, steps=2)
+    done = []
+    first = cached_class_images(denoiser, tmp_path, key, 2, progress=lambda d, t: done.append((d, t)))
+    assert done == [(0, 2), (1, 2), (2, 2)] and denoiser.decoded == 2
+    more = cached_class_images(denoiser, tmp_path, key, 3)
+    assert more[:2] == first and denoiser.decoded == 3  # only the missing one is generated
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in more[:2]]
+    cached_class_images(denoiser, tmp_path, dataclasses.replace(key, prompt="a photo of a plush toy"), 1)
+    other_base = base_fingerprint(tiny_denoiser(build_tiny_pipeline(1)))
+    assert other_base != key.base
+    for changed in (dataclasses.replace(key, prompt="a photo of a plush toy"), dataclasses.replace(key, base=other_base),
+                    dataclasses.replace(key, width=48)):
+        assert changed.folder_name() != key.folder_name()
+    assert len(list(tmp_path.iterdir())) == 2 and denoiser.decoded == 4  # a new prompt: a new folder
+    manifest = tmp_path / key.folder_name() / "krona_class_images.json"
+    manifest.write_text(manifest.read_text().replace("a photo of a toy", "something else"))
+    with pytest.raises(ValueError, match="records other class images"):
+        cached_class_images(denoiser, tmp_path, key, 1)
 
 
 def test_the_family_recipe_fills_what_is_left_unset():
