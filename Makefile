@@ -7,13 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test hosts test-hosts clean
 
-# The package itself goes in editable (--no-deps: the requirements files already hold its deps), so
-# `krona …` and `python -m krona_core …` work in the venv: `source .venv/bin/activate`.
-$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
