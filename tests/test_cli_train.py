@@ -15,11 +15,9 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 from helpers.tiny_diffusers import write_char_tokenizer, write_tiny_diffusers  # noqa: E402
+from helpers.subject_images import write_subject_pngs  # noqa: E402
 
 import krona_core  # noqa: E402
-from krona_core.util.images import to_uint8  # noqa: E402
-from krona_core.util.plot import save_png  # noqa: E402
-from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
 
@@ -37,8 +35,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
-    for i, img in enumerate(sample_images(3, 48, seed=4)):
-        save_png(to_uint8((img + 1) / 2), str(folder / f"img{i}.png"))
+    write_subject_pngs(folder, 3, 48, seed=4, stem="img")
     (folder / "img1.txt").write_text("a close-up photo of sks toy", encoding="utf-8")
     return folder
 

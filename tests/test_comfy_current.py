@@ -19,12 +19,10 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 from helpers.krona_files import random_krona  # noqa: E402
+from helpers.subject_images import write_subject_pngs  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_nodes import graph, image, max_diff  # noqa: E402
 
-from krona_core.tiny.pipeline import sample_images  # noqa: E402
-from krona_core.util.images import to_uint8  # noqa: E402
-from krona_core.util.plot import save_png  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
@@ -35,9 +33,8 @@ def server(comfy_server, tmp_path_factory):
     comfy_server.add_model("checkpoints", ckpt)
     d = tmp_path_factory.mktemp("current")
     comfy_server.add_model("krona", random_krona(ckpt, d / "current-bypass.krona.safetensors", "sd1", seed=11, scale=0.08))
-    for i, img in enumerate(sample_images(2, 64, seed=8)):
-        save_png(to_uint8((img + 1) / 2), str(d / f"core-train{i}.png"))
-        comfy_server.add_input(d / f"core-train{i}.png")
+    for path in write_subject_pngs(d, 2, 64, seed=8, stem="core-train"):
+        comfy_server.add_input(path)
     comfy_server.ckpt = ckpt.name
     return comfy_server
 

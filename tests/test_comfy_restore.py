@@ -15,13 +15,11 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 from helpers.comfy_server import ComfyExecutionError, ComfyServer  # noqa: E402
+from helpers.subject_images import write_subject_pngs  # noqa: E402
 
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_train import train_graph  # noqa: E402
 
-from krona_core.tiny.pipeline import sample_images  # noqa: E402
-from krona_core.util.images import to_uint8  # noqa: E402
-from krona_core.util.plot import save_png  # noqa: E402
 
 ROOT = _TESTS.parent
 pytestmark = pytest.mark.comfy
@@ -33,9 +31,7 @@ def server(comfy_server, tmp_path_factory):
     ckpt = cached_checkpoint("sd15")
     comfy_server.add_model("checkpoints", ckpt)
     folder = tmp_path_factory.mktemp("restore")
-    for i, img in enumerate(sample_images(2, 64, seed=3)):
-        path = folder / f"train-subject{i}.png"
-        save_png(to_uint8((img + 1) / 2), str(path))
+    for path in write_subject_pngs(folder, 2, 64, seed=3, stem="train-subject"):
         comfy_server.add_input(path)
     comfy_server.ckpt = ckpt.name
     return comfy_server

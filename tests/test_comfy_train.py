@@ -13,13 +13,11 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 from helpers.comfy_server import ComfyExecutionError  # noqa: E402
+from helpers.subject_images import write_subject_pngs  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
 from test_comfy_nodes import graph, image, max_diff  # noqa: E402
 
 import krona_core  # noqa: E402
-from krona_core.util.images import to_uint8  # noqa: E402
-from krona_core.util.plot import save_png  # noqa: E402
-from krona_core.tiny.pipeline import sample_images  # noqa: E402
 
 ROOT = _TESTS.parent
 pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
@@ -31,9 +29,7 @@ def server(comfy_server, tmp_path_factory):
     ckpt = cached_checkpoint("sd15")
     srv.add_model("checkpoints", ckpt)
     folder = tmp_path_factory.mktemp("subject")
-    for i, img in enumerate(sample_images(2, 64, seed=3)):
-        path = folder / f"train-subject{i}.png"
-        save_png(to_uint8((img + 1) / 2), str(path))
+    for path in write_subject_pngs(folder, 2, 64, seed=3, stem="train-subject"):
         srv.add_input(path)
     srv.ckpt = ckpt.name
     return srv

@@ -20,17 +20,13 @@ pytestmark = pytest.mark.forge  # runs without FORGE_PATH: skipped (tests/confte
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     from helpers.krona_files import random_krona
+    from helpers.subject_images import write_subject_pngs
     from helpers.tiny_comfy import cached_checkpoint
-
-    from krona_core.util.images import to_uint8
-    from krona_core.util.plot import save_png
-    from krona_core.tiny.pipeline import sample_images
 
     d = tmp_path_factory.mktemp("forge")
     images = d / "subject"
     images.mkdir()
-    for i, img in enumerate(sample_images(2, 64, seed=3)):
-        save_png(to_uint8((img + 1) / 2), str(images / f"{i}.png"))
+    write_subject_pngs(images, 2, 64, seed=3)
     return {
         "ckpt": cached_checkpoint("sd15"),
         "ref": random_krona(cached_checkpoint("sd15"), d / "ref.krona.safetensors", "sd1", seed=1, scale=0.08,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.matmul import materialise
+from ..ops.shapes import KronShape
 from .errors import ConvertError
 from .kinds import Kronecker, SourceModule
 
@@ -88,6 +89,12 @@ def _row_window(parts: Parts, w1: torch.Tensor, w2: torch.Tensor, name: str, pat
     return offset, windows[offset]
 
 
+def _window_shape(w1: torch.Tensor, w2: torch.Tensor, window: tuple[int, int] | None) -> tuple[int, ...]:
+    """Shape of the weight kron(w1, w2) adapts, or of its row window."""
+    shape = KronShape.from_factors(w1.shape, w2.shape).weight_shape
+    return shape if window is None else (window[1], *shape[1:])
+
+
 @dataclass
 class KroneckerRows(SourceModule):
     """Rows [offset, offset + rows) of kron(w1, w2)."""
@@ -100,8 +107,7 @@ class KroneckerRows(SourceModule):
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        full = materialise(self.w1[:1], self.w2[:1]).shape
-        return (self.rows, *full[1:])
+        return _window_shape(self.w1, self.w2, (self.offset, self.rows))
 
     def dense(self) -> torch.Tensor:
         return materialise(self.w1.double(), self.w2.double())[self.offset:self.offset + self.rows]
@@ -126,8 +132,7 @@ class DoRAKronecker(SourceModule):
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        inner = Kronecker(self.name, self.w1, self.w2) if self.window is None else KroneckerRows(self.name, self.w1, self.w2, *self.window)
-        return inner.weight_shape
+        return _window_shape(self.w1, self.w2, self.window)
 
     def dense(self) -> torch.Tensor:
         raise ConvertError(f"{self.name}: a DoRA-LoKr module depends on the base weights; give the checkpoint "

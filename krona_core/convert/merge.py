@@ -113,10 +113,14 @@ class _Checkpoint:
             raise ConvertError(f"{getattr(adapter, 'path', '')}: the file is for {_base_of(adapter)}, {path} is {self.base}")
         self.slots = family.checkpoint_modules(shapes)
 
+    def check_names(self, adapter: KronAFile | Source, names) -> None:
+        """All modules at once, before any ΔW is formed."""
+        missing = [n for n in names if n not in self.slots]
+        if missing:
+            raise ConvertError(f"{adapter.path}: {len(missing)} module(s) have no weight in {self.path}, e.g. {missing[:3]}")
+
     def weight(self, name: str, module: SourceModule) -> torch.Tensor:
-        if name not in self.slots:
-            raise ConvertError(f"{name}: the module has no weight in {self.path}")
-        slot, weight_shape = self.slots[name]
+        slot, _ = self.slots[name]
         weight = _module_weight(self.tensors[slot.key], slot)
         if tuple(module.weight_shape[:2]) != tuple(weight.shape[:2]):
             raise ConvertError(f"{name}: the adapter gives {list(module.weight_shape)}, the checkpoint weight is "
@@ -148,6 +152,7 @@ def bind_base(source: Source, checkpoint: str | os.PathLike) -> Source:
     """The source with its base-dependent (DoRA) modules replaced by the ΔW they give on this
     checkpoint's weights, as the hosts apply them."""
     ckpt = _Checkpoint(os.fspath(checkpoint), source)
+    ckpt.check_names(source, [n for n, m in source.modules.items() if m.needs_base])
     modules = {name: Dense(name, module.delta_on(ckpt.weight(name, module).float()).float()) if module.needs_base else module
                for name, module in source.modules.items()}
     return dataclasses.replace(source, modules=modules, base=source.base or ckpt.base)
@@ -163,6 +168,7 @@ def merge_into_checkpoint(checkpoint: str | os.PathLike, adapter: KronAFile | So
         raise ConvertError(f"{out}: already exists; nothing was overwritten")
     ckpt = _Checkpoint(checkpoint, adapter)
     modules = _modules_of(adapter)
+    ckpt.check_names(adapter, modules)
     for index, (name, module) in enumerate(sorted(modules.items())):
         weight = ckpt.weight(name, module)
         ckpt.add(name, module.delta_on(weight.float()).float() * strength)

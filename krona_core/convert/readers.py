@@ -70,6 +70,17 @@ class LycorisLoKrReader(LoKrReader):
 
 
 
+def diffusion_model_groups(groups: dict[tuple[str, str], Parts], path: str) -> dict[tuple[str, str], Parts]:
+    """ComfyUI-named groups (`diffusion_model.<ldm path>`) as UNet modules; its text-encoder modules
+    (`text_encoders.…`) are refused by name."""
+    out = {}
+    for (_, module), parts in groups.items():
+        if not module.startswith("diffusion_model."):
+            raise ConvertError(f"{path}: {module!r}: only diffusion-model modules of ComfyUI files are converted")
+        out[("unet", module[len("diffusion_model."):])] = parts
+    return out
+
+
 class ComfyLoKrReader(LoKrReader):
     """LoKr files of ComfyUI's own trainer (and others writing ComfyUI's names):
     `diffusion_model.<ldm path>.lokr_w1` …"""
@@ -82,18 +93,14 @@ class ComfyLoKrReader(LoKrReader):
         return super().claims(tensors) and any(k.endswith(".lokr_w1") or k.endswith(".lokr_w1_a") for k in tensors)
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        out = {}
-        for (_, module), parts in super().groups(tensors, path).items():
+        groups = super().groups(tensors, path)
+        for (_, module), parts in groups.items():
             other = sorted(set(parts) & {"diff", "diff_b", "set_weight"})
             if other:
                 raise ConvertError(f"{path}: key {module}.{other[0]!r}: ComfyUI's trainer stores bias and norm changes as "
                                    "dense differences, which are not Kronecker modules; train without them or use the "
                                    "file in ComfyUI's LoRA loader")
-            if not module.startswith("diffusion_model."):
-                raise ConvertError(f"{path}: {module!r}: only diffusion-model modules of ComfyUI files are converted")
-            out[("unet", module[len("diffusion_model."):])] = parts
-        return out
-
+        return diffusion_model_groups(groups, path)
 
 
 class KohyaLoRAReader(Reader):
@@ -125,12 +132,7 @@ class ComfyLoRAReader(Reader):
     needs_family = True
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        out = {}
-        for (_, module), parts in super().groups(tensors, path).items():
-            if not module.startswith("diffusion_model."):
-                raise ConvertError(f"{path}: {module!r}: only diffusion-model modules of ComfyUI LoRAs are converted")
-            out[("unet", module[len("diffusion_model."):])] = parts
-        return out
+        return diffusion_model_groups(super().groups(tensors, path), path)
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
         need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")

@@ -6,10 +6,9 @@ import hashlib
 import json
 
 
-class KronATestModelState:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}}
+class _Probe:
+    """What every probe node shares: an output node in "testing" that reruns every time (the state it
+    reports may have changed behind ComfyUI's cache) and returns its findings as JSON text."""
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -18,7 +17,13 @@ class KronATestModelState:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return float("nan")  # always re-run: the state may have changed behind the cache
+        return float("nan")
+
+
+class KronATestModelState(_Probe):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}}
 
     def run(self, model, tag):
         unet = model.model.diffusion_model
@@ -45,7 +50,7 @@ def _kron(w1, w2):
     return torch.kron(w1.contiguous(), w2.contiguous())
 
 
-class KronATestAdapterMath:
+class KronATestAdapterMath(_Probe):
     """The pack's KronA weight adapter, found where ComfyUI's Train LoRA looks (adapter_maps), checked
     against torch.kron and torch's own layers: merge patch (fp32 and the fp16 intermediates of the
     low-VRAM / dynamic paths), h() for linear and conv, the (loaded_keys, weights) rebuild, load(),
@@ -54,11 +59,6 @@ class KronATestAdapterMath:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0})}}
-
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "run"
-    CATEGORY = "testing"
 
     def run(self, seed):
         import torch
@@ -103,22 +103,13 @@ class KronATestAdapterMath:
         return {"ui": {"text": [json.dumps(out, sort_keys=True)]}}
 
 
-class KronATestDeepCloneBypass:
+class KronATestDeepCloneBypass(_Probe):
     """Two model instances sharing one bypass injection (what ComfyUI's multi-GPU deep clone makes):
     each must be adapted, and ejecting one must leave the other adapted."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "base": ("MODEL",)}}
-
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "run"
-    CATEGORY = "testing"
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")
 
     def run(self, model, base):
         import copy
