@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test hosts test-hosts clean
 
-$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt
+# The package itself goes in editable (--no-deps: the requirements files already hold its deps), so
+# `krona …` and `python -m krona_core …` work in the venv: `source .venv/bin/activate`.
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -137,20 +137,21 @@ def _train(request: TrainRequest, on_step: Callable[[int, float], None] | None) 
     from krona_core.train.config import TrainConfig
     from krona_core.train.diffusers_backend import load_single_file
     from krona_core.train.job import JobEvents, JobSpec, run_job
-    from krona_core.util.images import load_folder
+    from krona_core.train.dataset import load_dataset
 
     job = CURRENT
     path, base = checkpoint_file()
-    loaded = load_folder(request.images_dir)
+    loaded = load_dataset(request.images_dir)  # kohya repeat folders and caption files too
     out = output_path(request.name)
     config = TrainConfig(steps=request.steps or None, lr=request.learning_rate, a1=request.a1, a2=request.a2,
                          targets=request.targets, seed=request.seed, grad_accum=request.grad_accum,
                          batch_size=request.batch_size, schedule=request.schedule,
                          train_text_encoder=request.train_text_encoder, checkpoint_every=request.checkpoint_every,
                          checkpoint_dir=str(out.with_name(out.name[: -len(SUFFIX)] + ".checkpoints")))
-    spec = JobSpec(images=[img for _, img, _ in loaded], captions=[caption for _, _, caption in loaded],
+    spec = JobSpec(images=[i.image for i in loaded], captions=[i.caption for i in loaded], repeats=[i.repeats for i in loaded],
                    instance_prompt=request.instance_prompt, config=config, resolution=request.resolution or None,
                    class_prompt=request.class_prompt, num_class_images=request.num_class_images,
+                   class_dir=str(out.parent / "class_images"),
                    trigger_words=request.trigger_words or None, title=out.name[: -len(SUFFIX)],
                    record={"host": "webui", "base_file": os.path.basename(path)}, out=str(out))
     spec.validate()  # before the checkpoint is loaded
@@ -163,8 +164,12 @@ def _train(request: TrainRequest, on_step: Callable[[int, float], None] | None) 
         if on_step:
             on_step(done, loss)
 
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase in ("class images", "preview") and total:
+            job.status = f"{'sampling a preview' if phase == 'preview' else phase} {done}/{total}"
+
     job.status = "training"
-    result = run_job(denoiser, spec, JobEvents(on_step=step, should_stop=job.cancel.is_set))
+    result = run_job(denoiser, spec, JobEvents(on_step=step, on_progress=progress, should_stop=job.cancel.is_set))
     result.remove_adapters()
     job.status = f"saved {out.name}"
     name = os.path.splitext(out.name)[0]

@@ -14,7 +14,8 @@ from comfy_api.latest import io, ui
 
 from ..krona_core.adapters.targets import PRESETS
 from ..krona_core.train.config import TrainConfig, TrainingDiverged, TrainingInterrupted
-from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, run_job
+from ..krona_core.train.data import CROPS
+from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, describe_defaults, run_job
 from . import folders
 from .comfy_patch import apply_to
 from .comfy_train import ComfyDenoiser
@@ -24,6 +25,8 @@ log = logging.getLogger("ComfyUI-KronA")
 
 TARGETS = list(PRESETS)
 SCHEDULES = ["constant", "cosine", "linear"]
+CROP_OPTIONS = ["auto", *CROPS]
+PHASE_LABELS = {"class images": "generating class images", "preview": "sampling a preview"}
 EVENT = "krona.train"  # websocket message the web extension draws the live loss chart from
 
 
@@ -53,7 +56,9 @@ class TrainKronA(io.ComfyNode):
             display_name="Train KronA",
             category="training/KronA",
             description="DreamBooth-train a KronA (Kronecker-product) adapter on a few images. Defaults are the "
-                        "DiffuseKronA paper's: (64, 8) factors on attention, AdamW lr 1e-3, batch 1 × accumulation 4.",
+                        "DiffuseKronA paper's: (64, 8) factors on attention, AdamW lr 1e-3, batch 1 × accumulation 4; "
+                        "steps, resolution and crop left at 'auto' follow the base's family (SD1.x/SD2.x: 500 steps at "
+                        "512 px, SDXL: 1000 at 1024 px, random crop), and the node's text output says which it applied.",
             inputs=[
                 io.Model.Input("model"),
                 io.Clip.Input("clip"),
@@ -61,7 +66,8 @@ class TrainKronA(io.ComfyNode):
                 io.Image.Input("images", tooltip="The instance images (a batch, e.g. from Load Image nodes)."),
                 io.String.Input("instance_prompt", default="a photo of sks person",
                                 tooltip="Prompt with a rare token for the subject; also the file's trigger words."),
-                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimizer steps (paper: 500 SD1.x/2.x, 1000 SDXL)."),
+                io.Int.Input("steps", default=0, min=0, max=100000,
+                             tooltip="Optimizer steps; 0 = the base family's (500 SD1.x/SD2.x, 1000 SDXL)."),
                 io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-5),
                 io.Int.Input("a1", default=64, min=1, max=4096, tooltip="Rows of the small factor A (divisor fallback per layer)."),
                 io.Int.Input("a2", default=8, min=1, max=4096, tooltip="Columns of the small factor A."),
@@ -80,7 +86,16 @@ class TrainKronA(io.ComfyNode):
                 io.Int.Input("warmup_steps", default=0, min=0, max=100000, optional=True),
                 io.Int.Input("batch_size", default=1, min=1, max=64, optional=True),
                 io.Int.Input("grad_accum", default=4, min=1, max=256, optional=True),
-                io.Int.Input("resolution", default=512, min=64, max=4096, step=64, optional=True),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=64, optional=True,
+                             tooltip="Bucket side in pixels; 0 = the base family's (512 SD1.x/SD2.x, 1024 SDXL)."),
+                io.Combo.Input("crop", options=CROP_OPTIONS, default="auto", optional=True,
+                               tooltip="auto = the family's (random, chosen once per image, as the official scripts)."),
+                io.Boolean.Input("shuffle_caption", default=False, optional=True,
+                                 tooltip="Shuffle the comma-separated caption tokens at each step (kohya's shuffle_caption)."),
+                io.Int.Input("keep_tokens", default=0, min=0, max=75, optional=True,
+                             tooltip="With shuffling, the first N tokens stay in place (the trigger word)."),
+                io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Share of steps trained with an empty caption (kohya's caption_dropout_rate)."),
                 io.Boolean.Input("train_text_encoder", default=False, optional=True),
                 io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, optional=True),
                 io.Float.Input("min_snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5, optional=True,
@@ -108,25 +123,29 @@ class TrainKronA(io.ComfyNode):
                 targets: str, seed: int, captions: str = "", class_prompt: str = "", class_images=None,
                 num_class_images: int = 0, prior_loss_weight: float = 1.0, parameter_budget: int = 0,
                 schedule: str = "constant", warmup_steps: int = 0, batch_size: int = 1, grad_accum: int = 4,
-                resolution: int = 512, train_text_encoder: bool = False, noise_offset: float = 0.0,
+                resolution: int = 0, crop: str = "auto", shuffle_caption: bool = False, keep_tokens: int = 0,
+                caption_dropout: float = 0.0, train_text_encoder: bool = False, noise_offset: float = 0.0,
                 min_snr_gamma: float = 0.0, checkpoint_every: int = 0, preview_every: int = 0,
                 validation_prompt: str = "", name: str = "KronA") -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         run_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (name or "KronA"))
-        checkpoint_dir = os.path.join(folders.folder_paths.get_folder_paths(folders.FOLDER)[0], "checkpoints",
-                                      f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        krona_dir = folders.folder_paths.get_folder_paths(folders.FOLDER)[0]
+        checkpoint_dir = os.path.join(krona_dir, "checkpoints", f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
         config = TrainConfig(
-            steps=steps, lr=learning_rate, a1=a1, a2=a2, targets=targets, seed=seed, budget=parameter_budget or None,
+            steps=steps or None, lr=learning_rate, a1=a1, a2=a2, targets=targets, seed=seed, budget=parameter_budget or None,
             schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
             train_text_encoder=train_text_encoder, prior_loss_weight=prior_loss_weight, noise_offset=noise_offset,
             min_snr_gamma=min_snr_gamma or None, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
             validate_every=preview_every, validation_prompt=validation_prompt or None,
+            shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, caption_dropout=caption_dropout,
         )
         with torch.inference_mode(False), torch.enable_grad():
             spec = JobSpec(images=_images(images), captions=[c.strip() for c in (captions or "").splitlines() if c.strip()],
-                           instance_prompt=instance_prompt, config=config, resolution=resolution, class_prompt=class_prompt,
+                           instance_prompt=instance_prompt, config=config, resolution=resolution or None,
+                           crop=None if crop == "auto" else crop, class_prompt=class_prompt,
                            class_images=_images(class_images) if class_images is not None else (),
-                           num_class_images=num_class_images, title=run_name, record={"host": "ComfyUI"})
+                           num_class_images=num_class_images, class_dir=os.path.join(krona_dir, "class_images"),
+                           title=run_name, record={"host": "ComfyUI"})
             try:
                 spec.validate()  # before the model is loaded
                 job = _train(model, clip, vae, spec, node_id)
@@ -139,8 +158,11 @@ class TrainKronA(io.ComfyNode):
         _send({"node": node_id, "event": "done", "losses": losses})
         text = (f"trained {run_name}: {len(job.file.modules)} modules, {job.file.num_parameters():,} parameters, final loss "
                 f"{losses[-1]:.4f}" + (f"; checkpoints in {checkpoint_dir}" if job.train.checkpoints else ""))
+        applied = describe_defaults(job.defaults)
+        if applied:
+            log.info("Train KronA: %s", applied)
         return io.NodeOutput(new_model, new_clip, job.file, _to_image(job.curve), previews,
-                             ui=ui.PreviewText("\n".join([text, *report])))
+                             ui=ui.PreviewText("\n".join([text, *([applied] if applied else []), *report])))
 
 
 def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
@@ -152,11 +174,14 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
         _send({"node": node_id, "step": done, "total": total, "loss": loss, "lr": lr})
 
     def on_progress(phase: str, done: int, total: int) -> None:
-        if phase == "class images" and total:
+        label = PHASE_LABELS.get(phase, phase)
+        if phase in PHASE_LABELS and total:
             if done == 0:
-                log.info("Train KronA: generating %d class images", total)
+                log.info("Train KronA: %s (%d)", label, total)
+            if phase == "preview" and done == 0:
+                bars.pop(phase, None)  # a fresh bar per preview
             bars.setdefault(phase, comfy.utils.ProgressBar(total)).update_absolute(done, total)
-        _send({"node": node_id, "event": "progress", "phase": phase, "done": done, "total": total})
+        _send({"node": node_id, "event": "progress", "phase": label, "done": done, "total": total})
 
     events = JobEvents(on_step=on_step, on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
     with ComfyDenoiser(model, clip, vae, spec.config.train_text_encoder) as denoiser:

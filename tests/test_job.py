@@ -71,7 +71,7 @@ def test_the_job_end_to_end(tmp_path):
                                  validation_steps=2))
     job = run_job(denoiser, spec, events)
     assert seen["steps"] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert seen["phases"] == {"encoding images", "class images"}
+    assert seen["phases"] == {"encoding images", "class images", "preview"}
     assert [e.prompt for e in job.examples] == ["a photo of sks toy", "a close-up of sks toy"]
     assert [step for step, _ in job.train.checkpoints] == [2]  # steps recorded, not parsed out of names
     assert job.train.checkpoints[0][1].endswith("step_000002.krona.safetensors")

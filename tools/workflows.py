@@ -45,7 +45,8 @@ NODE_TYPES: dict[str, dict] = {
                           ("steps", None), ("learning_rate", None), ("a1", None), ("a2", None), ("targets", None), ("seed+", None),
                           ("captions", None), ("class_prompt", None), ("class_images", "IMAGE"), ("num_class_images", None),
                           ("prior_loss_weight", None), ("parameter_budget", None), ("schedule", None), ("warmup_steps", None),
-                          ("batch_size", None), ("grad_accum", None), ("resolution", None), ("train_text_encoder", None),
+                          ("batch_size", None), ("grad_accum", None), ("resolution", None), ("crop", None), ("shuffle_caption", None),
+                          ("keep_tokens", None), ("caption_dropout", None), ("train_text_encoder", None),
                           ("noise_offset", None), ("min_snr_gamma", None), ("checkpoint_every", None), ("preview_every", None),
                           ("validation_prompt", None), ("name", None)],
                    "out": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("KRONA", "KRONA"), ("loss_curve", "IMAGE"), ("previews", "IMAGE")]},
@@ -53,9 +54,11 @@ NODE_TYPES: dict[str, dict] = {
                   "out": [("path", "STRING")]},
 }
 
-TRAIN_DEFAULTS = dict(steps=500, learning_rate=0.001, a1=64, a2=8, targets="attn", seed=0, captions="", class_prompt="",
+# the node's own defaults (0 / "auto": the base family's recipe), checkpoints and previews every 100 steps
+TRAIN_DEFAULTS = dict(steps=0, learning_rate=0.001, a1=64, a2=8, targets="attn", seed=0, captions="", class_prompt="",
                       num_class_images=0, prior_loss_weight=1.0, parameter_budget=0, schedule="constant", warmup_steps=0,
-                      batch_size=1, grad_accum=4, resolution=512, train_text_encoder=False, noise_offset=0.0, min_snr_gamma=0.0,
+                      batch_size=1, grad_accum=4, resolution=0, crop="auto", shuffle_caption=False, keep_tokens=0,
+                      caption_dropout=0.0, train_text_encoder=False, noise_offset=0.0, min_snr_gamma=0.0,
                       checkpoint_every=100, preview_every=100, validation_prompt="", name="my-subject")
 
 
@@ -100,7 +103,7 @@ class Graph:
         self.api[str(node_id)] = {"class_type": node_type, "inputs": api_inputs, "_meta": {"title": title or node_type}}
         return node_id
 
-    def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (420, 180)) -> None:
+    def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (320, 330)) -> None:
         node_id = len(self.nodes) + 1
         self.nodes.append({"id": node_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
                            "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text],
@@ -128,15 +131,15 @@ def _sampling(g: Graph, model, clip, vae, x: int, prompt: str, negative: str, la
     sampler = g.add("KSampler", (x + 360, 40), {"seed": seed, "steps": 25, "cfg": 7.0, "sampler_name": "euler",
                                                 "scheduler": "normal", "denoise": denoise},
                     {"model": model, "positive": (pos, 0), "negative": (neg, 0), "latent_image": latent}, size=(320, 270))
-    decode = g.add("VAEDecode", (x + 720, 40), {}, {"samples": (sampler, 0), "vae": vae})
-    return g.add("SaveImage", (x + 720, 160), {"filename_prefix": prefix}, {"images": (decode, 0)}, size=(380, 400))
+    decode = g.add("VAEDecode", (x + 720, 40), {}, {"samples": (sampler, 0), "vae": vae}, size=(320, 60))
+    return g.add("SaveImage", (x + 720, 150), {"filename_prefix": prefix}, {"images": (decode, 0)}, size=(380, 400))
 
 
 def _checkpoint_and_krona(g: Graph, ckpt_name: str = "v1-5-pruned-emaonly.safetensors",
                           krona_name: str = "my-subject.krona.safetensors", block_strengths: str = "") -> tuple[int, int]:
     """Load Checkpoint → Apply KronA (model and clip), the head of every inference workflow."""
     ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": ckpt_name})
-    krona = g.add("ApplyKronA", (0, 200), {"krona_name": krona_name, "strength_model": 1.0, "strength_clip": 1.0,
+    krona = g.add("ApplyKronA", (0, 220), {"krona_name": krona_name, "strength_model": 1.0, "strength_clip": 1.0,
                                            "bypass": False, "block_strengths": block_strengths},
                   {"model": (ckpt, 0), "clip": (ckpt, 1)}, size=(320, 200))
     return ckpt, krona
@@ -149,9 +152,9 @@ def txt2img() -> Graph:
            "from the Train KronA workflow. strength_model scales ΔW on the UNet, strength_clip on the text encoder "
            "(when the file adapts it).\n3. LoRA after it: any SD1.5 LoRA, e.g. my-style.safetensors; KronA and LoRA "
            "patches stack through ComfyUI's own model patching.\n4. Put the file's trigger words (shown on the Apply KronA "
-           "node) into the prompt.", (0, 420))
+           "node) into the prompt.", (0, 480))
     ckpt, krona = _checkpoint_and_krona(g)
-    lora = g.add("LoraLoader", (360, 500), {"lora_name": "my-style.safetensors", "strength_model": 0.6, "strength_clip": 0.6},
+    lora = g.add("LoraLoader", (360, 480), {"lora_name": "my-style.safetensors", "strength_model": 0.6, "strength_clip": 0.6},
                  {"model": (krona, 0), "clip": (krona, 1)})
     _sampling(g, (lora, 0), (lora, 1), (ckpt, 2), 720, "a photo of sks dog on a beach", "blurry, lowres", prefix="KronA-txt2img")
     return g
@@ -163,23 +166,23 @@ def controlnet() -> Graph:
            "(models/krona).\n3. Load Image: the pose/composition reference (example.png in ComfyUI/input); Canny turns it "
            "into edges.\n4. ControlNet: control_v11p_sd15_canny.safetensors in models/controlnet; Apply ControlNet conditions "
            "both prompts on the edges.\n5. The sampler uses the KronA-patched model: subject from KronA, layout from the edges.",
-           (0, 560))
+           (0, 480), size=(320, 380))
     ckpt, krona = _checkpoint_and_krona(g)
-    image = g.add("LoadImage", (360, 560), {"image": "example.png"}, size=(320, 320))
-    edges = g.add("Canny", (720, 560), {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)})
-    cn = g.add("ControlNetLoader", (720, 720), {"control_net_name": "control_v11p_sd15_canny.safetensors"})
+    image = g.add("LoadImage", (360, 480), {"image": "example.png"}, size=(320, 320))
+    edges = g.add("Canny", (720, 480), {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)})
+    cn = g.add("ControlNetLoader", (720, 680), {"control_net_name": "control_v11p_sd15_canny.safetensors"})
     pos = g.add("CLIPTextEncode", (360, 40), {"text": "a photo of sks dog, studio lighting"}, {"clip": (krona, 1)}, title="Positive prompt")
     neg = g.add("CLIPTextEncode", (360, 260), {"text": "blurry, lowres"}, {"clip": (krona, 1)}, title="Negative prompt")
-    apply = g.add("ControlNetApplyAdvanced", (1080, 560), {"strength": 0.9, "start_percent": 0.0, "end_percent": 1.0},
+    apply = g.add("ControlNetApplyAdvanced", (1080, 380), {"strength": 0.9, "start_percent": 0.0, "end_percent": 1.0},
                   {"positive": (pos, 0), "negative": (neg, 0), "control_net": (cn, 0), "image": (edges, 0), "vae": (ckpt, 2)},
                   size=(320, 190))
     latent = g.add("EmptyLatentImage", (720, 260), {"width": 512, "height": 512, "batch_size": 1})
     sampler = g.add("KSampler", (1080, 40), {"seed": 7, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
                                              "denoise": 1.0},
                     {"model": (krona, 0), "positive": (apply, 0), "negative": (apply, 1), "latent_image": (latent, 0)}, size=(320, 270))
-    decode = g.add("VAEDecode", (1440, 40), {}, {"samples": (sampler, 0), "vae": (ckpt, 2)})
-    g.add("SaveImage", (1440, 160), {"filename_prefix": "KronA-controlnet"}, {"images": (decode, 0)}, size=(380, 400))
-    g.add("PreviewImage", (1440, 600), {}, {"images": (edges, 0)}, title="Canny edges")
+    decode = g.add("VAEDecode", (1440, 40), {}, {"samples": (sampler, 0), "vae": (ckpt, 2)}, size=(320, 60))
+    g.add("SaveImage", (1440, 150), {"filename_prefix": "KronA-controlnet"}, {"images": (decode, 0)}, size=(380, 400))
+    g.add("PreviewImage", (1440, 600), {}, {"images": (edges, 0)}, title="Canny edges", size=(380, 300))
     return g
 
 
@@ -187,21 +190,22 @@ def train() -> Graph:
     g = Graph("Train KronA → Save KronA → Apply KronA → sample (SD1.5)")
     g.note("1. Checkpoint: the SD1.5 model to personalise, e.g. v1-5-pruned-emaonly.safetensors.\n2. Load Image ×2 (+ Image Batch): "
            "3–10 photos of the subject in ComfyUI/input (subject1.png, subject2.png here; add more through more Image Batch nodes).\n"
-           "3. Train KronA: the paper's defaults — (64, 8) factors on attention q/k/v/out, lr 1e-3, batch 1 × accumulation 4, "
-           "500 steps. The instance prompt needs a rare token (sks); it is stored as the trigger words. The live loss chart "
+           "3. Train KronA: the paper's defaults — (64, 8) factors on attention q/k/v/out, lr 1e-3, batch 1 × accumulation 4; "
+           "steps 0, resolution 0 and crop auto take the base's recipe (SD1.5: 500 steps at 512 px, random crop; SDXL: 1000 "
+           "at 1024 px), and the node's text says what it applied. The instance prompt needs a rare token (sks); it is stored as the trigger words. The live loss chart "
            "appears on the node; Cancel stops at a step boundary and keeps the last checkpoint (models/krona/checkpoints/).\n"
            "4. Save KronA writes models/krona/my-subject_00001.krona.safetensors; Apply KronA can load it later.\n"
-           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 660), size=(320, 380))
+           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 840), size=(320, 520))
     ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
-    img1 = g.add("LoadImage", (0, 200), {"image": "subject1.png"}, size=(300, 200))
-    img2 = g.add("LoadImage", (0, 420), {"image": "subject2.png"}, size=(300, 200))
-    batch = g.add("ImageBatch", (340, 420), {}, {"image1": (img1, 0), "image2": (img2, 0)})
+    img1 = g.add("LoadImage", (0, 220), {"image": "subject1.png"}, size=(300, 200))
+    img2 = g.add("LoadImage", (0, 470), {"image": "subject2.png"}, size=(300, 200))
+    batch = g.add("ImageBatch", (0, 720), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
     trainer = g.add("TrainKronA", (340, 40), {"instance_prompt": "a photo of sks dog", **TRAIN_DEFAULTS},
-                    {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "images": (batch, 0)}, size=(360, 940))
-    g.add("SaveKronA", (740, 520), {"filename_prefix": "my-subject", "trigger_words": "sks dog", "metadata": "", "float32": False},
+                    {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "images": (batch, 0)}, size=(360, 1060))
+    g.add("SaveKronA", (740, 40), {"filename_prefix": "my-subject", "trigger_words": "sks dog", "metadata": "", "float32": False},
           {"krona": (trainer, 2)}, size=(320, 200))
-    g.add("PreviewImage", (740, 760), {}, {"images": (trainer, 3)}, title="Loss curve", size=(420, 300))
-    _sampling(g, (trainer, 0), (trainer, 1), (ckpt, 2), 1100, "a photo of sks dog in a garden", "blurry, lowres",
+    g.add("PreviewImage", (740, 300), {}, {"images": (trainer, 3)}, title="Loss curve", size=(420, 300))
+    _sampling(g, (trainer, 0), (trainer, 1), (ckpt, 2), 1200, "a photo of sks dog in a garden", "blurry, lowres",
               prefix="KronA-trained")
     return g
 
@@ -210,7 +214,7 @@ def sdxl() -> Graph:
     g = Graph("KronA txt2img (SDXL), both text encoders")
     g.note("1. Checkpoint: an SDXL base model, e.g. sd_xl_base_1.0.safetensors.\n2. Apply KronA: an SDXL KronA file, e.g. "
            "my-subject-sdxl.krona.safetensors (SDXL files carry lora_te1_/lora_te2_ modules for the two text encoders; "
-           "strength_clip scales both).\n3. 1024×1024 is SDXL's native size.", (0, 420))
+           "strength_clip scales both).\n3. 1024×1024 is SDXL's native size.", (0, 480))
     ckpt, krona = _checkpoint_and_krona(g, "sd_xl_base_1.0.safetensors", "my-subject-sdxl.krona.safetensors")
     _sampling(g, (krona, 0), (krona, 1), (ckpt, 2), 360, "a photo of sks dog on a beach", "blurry, lowres",
               width=1024, height=1024, prefix="KronA-sdxl")
@@ -222,7 +226,7 @@ def img2img() -> Graph:
     g.note("1. Checkpoint: v1-5-pruned-emaonly.safetensors.\n2. Load Image: the picture to rework (example.png in ComfyUI/input).\n"
            "3. Apply KronA with block_strengths 'input:0.4, middle:0.6, output:1.0': the subject's identity mostly from the "
            "output (decoder) blocks. Other forms: 'output3-5:0', 'default:0.5'.\n4. KSampler denoise 0.6 keeps the composition.",
-           (0, 460))
+           (0, 480))
     ckpt, krona = _checkpoint_and_krona(g, block_strengths="input:0.4, middle:0.6, output:1.0")
     image = g.add("LoadImage", (360, 480), {"image": "example.png"}, size=(320, 320))
     encode = g.add("VAEEncode", (720, 480), {}, {"pixels": (image, 0), "vae": (ckpt, 2)})

@@ -37,11 +37,33 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float32", action="store_true")
 
 
+class _ModuleBar:
+    """A progress bar over modules, opened at the first callback (work that never calls shows none)."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        from ..util.progress import ProgressPrinter
+
+        if self.bar is None:
+            self.bar = ProgressPrinter(total, self.label, unit="module")
+        self.bar.advance(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from ..convert.convert import convert_file
 
-    report = convert_file(args.src, args.dst, args.to, args.a1, args.a2, args.budget, args.rank, args.base, args.float32,
-                          args.checkpoint)
+    bar = _ModuleBar("converting")
+    try:
+        report = convert_file(args.src, args.dst, args.to, args.a1, args.a2, args.budget, args.rank, args.base,
+                              args.float32, args.checkpoint, progress=bar)
+    finally:
+        bar.close()
     print(report.text)
     return 0
 
@@ -57,19 +79,27 @@ def run_merge(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if len(args.inputs) != 1:
             raise SystemExit("error: --checkpoint bakes exactly one adapter file; merge several first")
-        if os.path.isdir(args.checkpoint):
-            info = merge_into_diffusers(args.checkpoint, read(args.inputs[0]), args.strength, args.out)
-        else:
-            src = args.inputs[0]
-            adapter = read(src) if src.endswith(SUFFIX) else read_source(src, *checkpoint_naming(args.checkpoint))
-            info = merge_into_checkpoint(args.checkpoint, adapter, args.strength, args.out)
+        bar = _ModuleBar("baking into the checkpoint")
+        try:
+            if os.path.isdir(args.checkpoint):
+                info = merge_into_diffusers(args.checkpoint, read(args.inputs[0]), args.strength, args.out, progress=bar)
+            else:
+                src = args.inputs[0]
+                adapter = read(src) if src.endswith(SUFFIX) else read_source(src, *checkpoint_naming(args.checkpoint))
+                info = merge_into_checkpoint(args.checkpoint, adapter, args.strength, args.out, progress=bar)
+        finally:
+            bar.close()
         print(f"wrote {args.out}: {info['modules']} modules baked at strength {args.strength:g}")
         return 0
     files = [read(p) for p in args.inputs]
     if not args.out.endswith(SUFFIX):
         raise SystemExit(f"error: --out must end with {SUFFIX}")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(files)
-    result = merge_files(files, weights, args.a1, args.a2)
+    bar = _ModuleBar("merging")
+    try:
+        result = merge_files(files, weights, args.a1, args.a2, progress=bar)
+    finally:
+        bar.close()
     write(args.out, result.file.modules, result.file.metadata, dtype=torch.float32 if args.float32 else torch.float16)
     report = Report(args.out)
     report.error_lines(result.errors, result.total_error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -49,8 +50,21 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int = 60, seed: int
     print("\ntrainable parameters on the real architectures (attention q/k/v/out, meta device):")
     print(format_table([unet_counts(b) for b in ("sd1", "sd2", "sdxl")], 64, 8, 4))
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s; inspect the file with "
-          f"`python -m krona_core info {path}`")
+          f"`{_python()} -m krona_core info {path}`" + _activate_hint(path))
     return path
+
+
+def _python() -> str:
+    """This interpreter as a command that works from the current folder (`.venv/bin/python` under make)."""
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
+
+
+def _activate_hint(path: Path) -> str:
+    venv = os.path.relpath(sys.prefix)
+    if sys.prefix == sys.base_prefix or venv.startswith(".."):
+        return ""
+    return f" (or `krona info {path}` after `source {venv}/bin/activate`)"
 
 
 def _check_reload(path: Path, pipe, base_unet: torch.nn.Module, denoiser, examples, seed: int) -> None:

@@ -120,11 +120,14 @@ def _plan(approx: dict, exact: dict, a1: int, a2: int, budget: int | None) -> di
     return plan_budget(shapes_of, remaining, a1, a2, cost=lambda n, s: costs[n](s))
 
 
-def to_lora(source: Source, rank: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
+def to_lora(source: Source, rank: int | None = None,
+            progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
     """kohya LoRA tensors; exact at sufficient rank, else truncated with the error reported."""
     tensors: dict[str, torch.Tensor] = {}
     tally = ErrorTally()
-    for name, module in source.modules.items():
+    for index, (name, module) in enumerate(source.modules.items()):
+        if progress:
+            progress(index + 1, len(source.modules), name)
         up, down, rel = module.to_lora(rank)
         tensors.update(lora_tensors(name, up, down, module.weight_shape, torch.float32))
         tally.add(name, rel, module.squared_norm())
@@ -151,10 +154,12 @@ class Report:
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, a1: int = 64, a2: int = 8,
                  budget: int | None = None, rank: int | None = None, base: str | None = None,
-                 float32: bool = False, checkpoint: str | os.PathLike | None = None) -> Report:
+                 float32: bool = False, checkpoint: str | os.PathLike | None = None,
+                 progress: Progress | None = None) -> Report:
     """Convert one file: to KronA (`*.krona.safetensors`, or to="krona"), a kohya LoRA ("lora")
     or a materialised ΔW ("diff", LyCORIS full). Never overwrites. DoRA modules, whose change
-    depends on the base, need the base `checkpoint` they are converted for."""
+    depends on the base, need the base `checkpoint` they are converted for. progress(done, total,
+    module) per module that takes computing (fits and SVDs)."""
     src, dst = os.fspath(src), os.fspath(dst)
     target = to or ("krona" if dst.endswith(SUFFIX) else None)
     if target not in ("krona", "lora", "diff"):
@@ -171,12 +176,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
         source = read_source(src, base)
     report = Report(dst, [f"{src}: {source.format}, base {source.base or 'unknown'}, {len(source.modules)} modules"])
     if target == "krona":
-        result = to_krona(source, a1, a2, budget)
+        result = to_krona(source, a1, a2, budget, progress)
         write(dst, result.file.modules, result.file.metadata, dtype=dtype)
         report.error_lines(result.errors, result.total_error)
         report.lines.append(f"wrote {dst}: {result.file.num_parameters():,} parameters")
     elif target == "lora":
-        tensors, errors, total = to_lora(source, rank)
+        tensors, errors, total = to_lora(source, rank, progress)
         meta = {"ss_network_module": "networks.lora",
                 "krona.provenance": json.dumps({"source_sha256": source.sha256, "source_format": source.format})}
         if source.base:

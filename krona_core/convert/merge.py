@@ -26,9 +26,12 @@ from .kinds import Dense, Kronecker, SourceModule
 from .sources import Source, load_tensors
 
 
-def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | None = None, a2: int | None = None) -> Conversion:
+def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | None = None, a2: int | None = None,
+                progress: Progress | None = None) -> Conversion:
     """One file from Σ weightᵢ·ΔWᵢ per module: exact where one file holds a module alone, else
-    the nearest Kronecker product (at (a1, a2), or the first file's shapes) with its error."""
+    the nearest Kronecker product (at (a1, a2), or the first file's shapes) with its error. It
+    keeps what the sources record: base model, targets and trigger words (in order, once each),
+    and each source's own record in the provenance. progress(done, total, module) per module."""
     if not files or len(files) != len(weights):
         raise ConvertError("merge needs files and as many weights")
     bases = {f.base_model for f in files if f.base_model}
@@ -37,7 +40,9 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
     names = sorted({n for f in files for n in f.modules})
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     tally = ErrorTally()
-    for name in names:
+    for index, name in enumerate(names):
+        if progress:
+            progress(index + 1, len(names), name)
         parts = [(w, f.modules[name]) for f, w in zip(files, weights) if name in f.modules and w != 0]
         if not parts:
             continue
@@ -56,13 +61,19 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
         modules[name], rel_error, norm2 = fit_kronecker(dense, choose_shape(dense.shape, t1, t2))
         tally.add(name, rel_error, norm2)
     errors, total = tally.errors, tally.total
-    words = list(dict.fromkeys(w for f in files for w in f.trigger_words))
-    provenance = {"merged_from": [{"name": f.name, "weight": w} for f, w in zip(files, weights)],
-                  "total_rel_error": total, "max_layer_rel_error": tally.worst}
     title = "+".join(f.name for f in files)[:120]
-    metadata = build_metadata(modules, base_model=bases.pop() if bases else None, title=title, trigger_words=words,
-                              factor_rule={"mode": "merge"}, provenance=provenance)
+    metadata = build_metadata(modules, base_model=bases.pop() if bases else None, title=title,
+                              trigger_words=list(dict.fromkeys(w for f in files for w in f.trigger_words)),
+                              targets=list(dict.fromkeys(t for f in files for t in f.targets)),
+                              factor_rule={"mode": "merge"}, provenance=_merged_from(files, weights, tally))
     return Conversion(KronAFile(f"<memory>/{title}", modules, metadata), errors, total)
+
+
+def _merged_from(files: Sequence[KronAFile], weights: Sequence[float], tally: ErrorTally) -> dict:
+    """The sources, each with what it recorded (base, targets, trigger words, training), and the error."""
+    sources = [{"name": f.name, "weight": w, "base_model": f.base_model, "targets": f.targets,
+                "trigger_words": f.trigger_words, "training": f.training} for f, w in zip(files, weights)]
+    return {"merged_from": sources, "total_rel_error": tally.total, "max_layer_rel_error": tally.worst}
 
 
 def _add(target: torch.Tensor, delta: torch.Tensor, rows: tuple[int, int] | None, transposed: bool) -> torch.Tensor:
@@ -183,7 +194,8 @@ def merge_into_checkpoint(checkpoint: str | os.PathLike, adapter: KronAFile | So
     return {"base": ckpt.base, "modules": str(len(modules))}
 
 
-def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike) -> dict[str, str]:
+def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: float, out: str | os.PathLike,
+                         progress: Progress | None = None) -> dict[str, str]:
     """Bake strength·ΔW into a diffusers model folder, written as a new folder."""
     from safetensors.torch import save_file
 
@@ -200,6 +212,7 @@ def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: f
     os.chmod(staging, 0o777 & ~atomic.current_umask())  # a plain mkdir's mode, not mkdtemp's 0700
     try:
         shutil.copytree(folder, staging, dirs_exist_ok=True)
+        done = 0
         for network, modules in by_network.items():
             sub = staging / family.diffusers_name(network)
             weights = [p for p in sub.glob("*.safetensors")]
@@ -218,6 +231,9 @@ def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: f
                 key = table[name] + ".weight"
                 delta = materialise(w1.float(), w2.float()) * strength
                 tensors[key] = _add(tensors[key], delta, None, False)
+                if progress:
+                    done += 1
+                    progress(done, len(file.modules), name)
             save_file(tensors, str(weights[0]), metadata)
         staging.rename(out)
     except BaseException:

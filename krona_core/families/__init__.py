@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Mapping, Sequence
 
-from .base import Family, FamilyError, Match
+from .base import GENERIC_RECIPE, Family, FamilyError, Match, Recipe
 
 
 def _discover() -> tuple[Family, ...]:
@@ -31,6 +31,11 @@ FAMILIES: tuple[Family, ...] = _discover()
 
 def names() -> tuple[str, ...]:
     return tuple(f.name for f in FAMILIES)
+
+
+def recipe(family: Family | None) -> Recipe:
+    """The training defaults for a base of this family (the generic ones for an unknown base)."""
+    return family.recipe if family is not None else GENERIC_RECIPE
 
 
 def find(name: str | None) -> Family | None:
@@ -85,5 +90,5 @@ def for_ss(ss_base_model_version: str | None) -> Family | None:
     return next((f for f in FAMILIES if f.matches_ss(ss_base_model_version)), None)
 
 
-__all__ = ["FAMILIES", "Family", "FamilyError", "Match", "detect", "find", "for_comfy_model", "for_ss", "for_text_encoder",
-           "get", "names", "require"]
+__all__ = ["FAMILIES", "Family", "FamilyError", "Match", "Recipe", "detect", "find", "for_comfy_model", "for_ss", "for_text_encoder",
+           "get", "names", "recipe", "require"]

@@ -30,6 +30,19 @@ class Match:
     evidence: str
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A family's training defaults, the settings of the official DiffuseKronA scripts for it."""
+
+    steps: int
+    resolution: int  # bucket side in pixels
+    crop: str  # "random" (chosen once per image, as the scripts' default) or "center"
+
+
+#: a base of no known family: the paper's SD1.5 settings
+GENERIC_RECIPE = Recipe(steps=500, resolution=512, crop="random")
+
+
 class Family(ABC):
     """One base-model family (subclasses implement the methods; instances are the registry's entries)."""
 
@@ -38,6 +51,7 @@ class Family(ABC):
     prediction: str  # the training objective: "epsilon" or "v_prediction"
     default_resolution: int
     default_steps: int
+    default_crop: str
     default_targets: str
     priority: int  # tie-break between equally strong matches (lower wins)
     comfy_model_types: frozenset[str]  # ComfyUI model_config class names of this family
@@ -75,6 +89,11 @@ class Family(ABC):
     @abstractmethod
     def matches_ss(self, ss_base_model_version: str) -> bool:
         """Whether a kohya `ss_base_model_version` string names this family."""
+
+    @property
+    def recipe(self) -> Recipe:
+        """The training defaults (the one place a host or the job reads them from)."""
+        return Recipe(self.default_steps, self.default_resolution, self.default_crop)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -69,6 +69,7 @@ class SDFamily(Family):
     size_conditioning: bool = False  # SDXL's micro-conditioning: original size, crop, target size
     default_resolution: int = 512
     default_steps: int = 500
+    default_crop: str = "random"  # diffusers' DreamBooth scripts (the official ones' base) without --center_crop
     default_targets: str = "attn"
     unet_prefix: str = "model.diffusion_model."
 

@@ -73,6 +73,12 @@ class KronAFile:
         return split_trigger_words(self.metadata.get("modelspec.trigger_phrase", ""))
 
     @property
+    def targets(self) -> list[str]:
+        """What the file's modules were chosen by (presets, globs), as recorded; [] when not."""
+        raw = self.metadata.get("krona.targets")
+        return [str(t) for t in json.loads(raw)] if raw else []
+
+    @property
     def training(self) -> dict[str, Any] | None:
         raw = self.metadata.get("krona.training")
         return json.loads(raw) if raw else None

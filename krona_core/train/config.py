@@ -6,12 +6,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..families import Family
-
-DEFAULT_STEPS = 500  # the paper's, for a base of no known family
+from ..families import Family, recipe
+from .dataset import CaptionPolicy
 
 
 class TrainingInterrupted(RuntimeError):
@@ -65,12 +62,19 @@ class TrainConfig:
     validation_prompt: str | None = None
     validation_seed: int = 0
     validation_steps: int = 20
+    shuffle_caption: bool = False  # kohya's shuffle_caption: tokens (split at ",") shuffled at each draw
+    keep_tokens: int = 0  # the first N tokens stay in place (the trigger word)
+    caption_dropout: float = 0.0  # kohya's caption_dropout_rate: this share of draws trains on ""
 
-    def resolved(self, family: "Family | None") -> "TrainConfig":
+    @property
+    def captions(self) -> CaptionPolicy:
+        return CaptionPolicy(self.shuffle_caption, self.keep_tokens, self.caption_dropout)
+
+    def resolved(self, family: Family | None) -> "TrainConfig":
         """This config with the family's defaults filled in (steps)."""
         if self.steps is not None:
             return self
-        return dataclasses.replace(self, steps=family.default_steps if family is not None else DEFAULT_STEPS)
+        return dataclasses.replace(self, steps=recipe(family).steps)
 
     def validate(self, resolved: bool = True) -> None:
         """Raise ValueError for a setting out of range; `resolved` also requires steps to be set."""
@@ -88,5 +92,6 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("checkpoint_every needs checkpoint_dir")
+        self.captions.validate()
         if resolved and self.steps is None:
             raise ValueError("steps is not set: resolve the family's default first (TrainConfig.resolved)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .dataset import draw_seed
 from .denoiser import Denoiser, SizeInfo
 
 
@@ -36,14 +38,24 @@ def buckets_for(resolution: int, step: int = 64, max_aspect: float = 2.0) -> lis
     return sorted(out)
 
 
-def fit_to_bucket(image: torch.Tensor, buckets: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, SizeInfo]:
-    """Resize (keeping aspect) and centre-crop an image (3, H, W) in [0, 1] to its nearest-aspect bucket."""
+CROPS = ("random", "center")
+
+
+def fit_to_bucket(image: torch.Tensor, buckets: Sequence[tuple[int, int]],
+                  crop_seed: int | None = None) -> tuple[torch.Tensor, SizeInfo]:
+    """Resize (keeping aspect) and crop an image (3, H, W) in [0, 1] to its nearest-aspect bucket:
+    centred, or at a random offset drawn from `crop_seed` (latents are encoded once, so the crop is
+    chosen once per image, as the official DiffuseKronA / diffusers DreamBooth scripts do)."""
     _, h, w = image.shape
     bh, bw = min(buckets, key=lambda b: abs(math.log((b[1] / b[0]) / (w / h))))
     scale = max(bh / h, bw / w)
     nh, nw = max(bh, round(h * scale)), max(bw, round(w * scale))
     resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = (nh - bh) // 2, (nw - bw) // 2
+    if crop_seed is None:
+        top, left = (nh - bh) // 2, (nw - bw) // 2
+    else:
+        rng = random.Random(crop_seed)
+        top, left = rng.randint(0, nh - bh), rng.randint(0, nw - bw)
     return resized[:, top:top + bh, left:left + bw].clamp(0, 1), SizeInfo((h, w), (top, left), (bh, bw))
 
 
@@ -55,15 +67,21 @@ def prepare_examples(
     is_class: bool = False,
     batch: int = 4,
     bucket_step: int = 64,
+    crop: str = "center",
+    seed: int = 0,
 ) -> list[Example]:
     """Bucket, encode once with the (frozen) VAE, and keep latents on the CPU.
 
-    bucket_step is the side granularity in pixels: 64 (8 latent pixels) for SD VAEs.
+    bucket_step is the side granularity in pixels: 64 (8 latent pixels) for SD VAEs; crop is
+    "center" or "random" (each image's offset drawn from `seed` and its index).
     """
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
     buckets = buckets_for(resolution, bucket_step)
-    fitted = [fit_to_bucket(img, buckets) for img in images]
+    fitted = [fit_to_bucket(img, buckets, draw_seed(seed, 0, 0, i, "crop") if crop == "random" else None)
+              for i, img in enumerate(images)]
     examples: list[Example] = []
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (img, _) in enumerate(fitted):

@@ -19,20 +19,24 @@ import torch
 
 from ..files.model import SUFFIX, KronAFile, split_trigger_words
 from ..files.writer import from_handles, write
-from ..util.images import to_uint8
+from ..util.images import load_image, to_uint8
 from ..util.plot import loss_curve, save_png
 from .config import TrainConfig
-from .data import Example, prepare_examples
+from ..families import recipe
+from .class_images import ClassImageKey, base_fingerprint, cached_class_images
+from .data import CROPS, Example, prepare_examples
 from .denoiser import Denoiser
 from .distributed import Processes
 from .loop import TrainResult, train
 from .sampling import generate_class_examples
+
 
 class JobError(ValueError):
     """A job that cannot start as specified (checked before any model is touched)."""
 
 
 CLASS_SEED_OFFSET = 10_000  # class images are drawn from their own seeds, away from the training noise
+CLASS_SAMPLER_STEPS = 20  # DDIM steps per generated class image
 
 
 @dataclass
@@ -43,10 +47,13 @@ class JobSpec:
     instance_prompt: str
     config: TrainConfig = field(default_factory=TrainConfig)
     captions: Sequence[str | None] = ()  # per image; None (or missing) → the instance prompt
+    repeats: Sequence[int] = ()  # per image, times seen per epoch (kohya repeat folders); missing → 1
     resolution: int | None = None  # bucket side in pixels; None → the family's default
+    crop: str | None = None  # "random" or "center"; None → the family's default
     class_prompt: str = ""
     class_images: Sequence[torch.Tensor] = ()  # supplied class images; else num_class_images are generated
     num_class_images: int = 0
+    class_dir: str | None = None  # generated class images are saved here and reused; None → kept in memory
     trigger_words: str | Sequence[str] | None = None  # None → the instance prompt
     title: str = "krona"
     record: Mapping[str, Any] = field(default_factory=dict)  # host facts for the training record
@@ -63,6 +70,10 @@ class JobSpec:
             problems.append("no instance images")
         if self.captions and len(self.captions) != len(self.images):
             problems.append(f"{len(self.captions)} captions for {len(self.images)} images (one per image)")
+        if self.repeats and (len(self.repeats) != len(self.images) or min(self.repeats) < 1):
+            problems.append(f"repeats must be one count ≥ 1 per image ({len(self.repeats)} for {len(self.images)} images)")
+        if self.crop is not None and self.crop not in CROPS:
+            problems.append(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.class_prompt.strip() and not self.class_images and self.num_class_images < 1:
             problems.append("a class prompt needs class images or a number of class images to generate")
         if self.out is not None and not self.out.endswith(SUFFIX):
@@ -99,6 +110,7 @@ class JobResult:
     train: TrainResult  # handles still attached, losses, previews, checkpoints, record
     examples: list[Example]  # the instance examples as trained on (latents on the CPU)
     curve: np.ndarray  # the loss curve (H, W, 3) uint8, checkpoints marked
+    defaults: dict[str, Any] = field(default_factory=dict)  # settings taken from the family's recipe (left unset)
     path: str | None = None  # the written adapter (spec.out)
     curve_path: str | None = None
     preview_paths: list[str] = field(default_factory=list)
@@ -115,15 +127,13 @@ def run_job(denoiser: Denoiser, spec: JobSpec, events: JobEvents | None = None,
     the config has a checkpoint_dir); a diverged loss raises TrainingDiverged."""
     spec.validate()
     events = events or JobEvents()
-    family = getattr(denoiser, "family", None)
-    config = spec.config.resolved(family)
-    if config.validate_every and not config.validation_prompt:
-        config = dataclasses.replace(config, validation_prompt=spec.instance_prompt)  # previews show the subject
-    resolution = spec.resolution or (family.default_resolution if family is not None else 512)
+    config, resolution, crop, defaults = resolve_defaults(spec, getattr(denoiser, "family", None))
     main = processes is None or processes.is_main
     events.progress("encoding images", 0, len(spec.images))
     prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt] * len(spec.images)
-    examples = prepare_examples(denoiser, list(spec.images), prompts, resolution, bucket_step=spec.bucket_step)
+    encoded = prepare_examples(denoiser, list(spec.images), prompts, resolution, bucket_step=spec.bucket_step,
+                               crop=crop, seed=config.seed)
+    examples = [ex for ex, n in zip(encoded, spec.repeats or [1] * len(encoded)) for _ in range(n)]
     events.progress("encoding images", len(spec.images), len(spec.images))
     class_examples = _class_examples(denoiser, spec, config, examples, resolution, events)
     stem = spec.out[: -len(SUFFIX)] if spec.out else None
@@ -141,12 +151,43 @@ def run_job(denoiser: Denoiser, spec: JobSpec, events: JobEvents | None = None,
 
     result = train(denoiser, examples, config, class_examples=class_examples, resume_from=spec.resume_from,
                    on_step=on_step, should_stop=events.should_stop, on_preview=on_preview,
+                   on_preview_progress=lambda d, t: events.progress("preview", d, t),
                    reduce_gradients=processes.reduce_gradients if processes else None,
                    rank=processes.rank if processes else 0)
     if processes is not None:
         processes.check_in_sync(p for h in result.handles for p in h.parameters())
         result.record["world_size"] = processes.world_size
-    return _finish(spec, result, examples, stem if main else None, preview_paths)
+    job = _finish(spec, result, examples, stem if main else None, preview_paths)
+    job.defaults = defaults
+    return job
+
+
+def resolve_defaults(spec: JobSpec, family) -> tuple[TrainConfig, int, str, dict[str, Any]]:
+    """The config, resolution and crop the job runs with, the family's recipe filling what `spec`
+    leaves unset, and {setting: value} of those it filled (hosts show them)."""
+    plan = recipe(family)
+    defaults: dict[str, Any] = {}
+    if spec.config.steps is None:
+        defaults["steps"] = plan.steps
+    if spec.resolution is None:
+        defaults["resolution"] = plan.resolution
+    if spec.crop is None:
+        defaults["crop"] = plan.crop
+    config = spec.config.resolved(family)
+    if config.validate_every and not config.validation_prompt:
+        config = dataclasses.replace(config, validation_prompt=spec.instance_prompt)  # previews show the subject
+    if defaults:
+        defaults["recipe"] = family.title if family is not None else "generic (base of no known family)"
+    return config, spec.resolution or plan.resolution, spec.crop or plan.crop, defaults
+
+
+def describe_defaults(defaults: Mapping[str, Any]) -> str:
+    """One line naming the settings a job took from the family's recipe ("" when none)."""
+    parts = [f"{defaults['steps']} steps" if "steps" in defaults else "",
+             f"{defaults['resolution']} px" if "resolution" in defaults else "",
+             f"{defaults['crop']} crop" if "crop" in defaults else ""]
+    parts = [p for p in parts if p]
+    return f"defaults from the {defaults['recipe']} recipe: {', '.join(parts)}" if parts else ""
 
 
 def _class_examples(denoiser: Denoiser, spec: JobSpec, config: TrainConfig, examples: Sequence[Example],
@@ -156,11 +197,18 @@ def _class_examples(denoiser: Denoiser, spec: JobSpec, config: TrainConfig, exam
     if spec.class_images:
         return prepare_examples(denoiser, list(spec.class_images), [spec.class_prompt] * len(spec.class_images),
                                 resolution, is_class=True, bucket_step=spec.bucket_step)
-    count = spec.num_class_images
-    events.progress("class images", 0, count)
-    return generate_class_examples(denoiser, spec.class_prompt, count, tuple(examples[0].latent.shape),
-                                   config.seed + CLASS_SEED_OFFSET, progress=lambda d, t: events.progress("class images", d, t),
-                                   should_stop=events.should_stop)
+    count, shape = spec.num_class_images, tuple(examples[0].latent.shape)
+    seed = config.seed + CLASS_SEED_OFFSET
+    progress = lambda d, t: events.progress("class images", d, t)  # noqa: E731
+    progress(0, count)
+    if spec.class_dir is None:
+        return generate_class_examples(denoiser, spec.class_prompt, count, shape, seed, CLASS_SAMPLER_STEPS, progress,
+                                       should_stop=events.should_stop)
+    key = ClassImageKey(spec.class_prompt, base_fingerprint(denoiser), shape[0], shape[1] * 8, shape[2] * 8, seed,
+                        CLASS_SAMPLER_STEPS)
+    paths = cached_class_images(denoiser, spec.class_dir, key, count, progress, events.should_stop)
+    return prepare_examples(denoiser, [load_image(p) for p in paths], [spec.class_prompt] * count, resolution,
+                            is_class=True, bucket_step=spec.bucket_step)
 
 
 def _finish(spec: JobSpec, result: TrainResult, examples: list[Example], stem: str | None,

@@ -21,6 +21,7 @@ from ..adapters.layers import KronANetwork
 from .checkpoints import RunState, restore, save_checkpoint
 from .config import TrainConfig, TrainingDiverged, TrainingInterrupted
 from .data import Example, Sampler, dataset_hash
+from .dataset import draw_seed
 from .denoiser import Cond, Denoiser
 from .objective import diffusion_loss, lr_factor, make_optimizer, stack_cond
 from .sampling import preview
@@ -90,13 +91,15 @@ def fit(
     on_step: OnStep | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_preview: OnPreview | None = None,
+    on_preview_progress: Callable[[int, int], None] | None = None,
     reduce_gradients: Callable[[Iterable[torch.Tensor]], None] | None = None,
     rank: int = 0,
 ) -> TrainResult:
     """Optimise the parameters of `handles` (anything with `.network` and `.parameters()`; KronA
     handles also checkpoint and resume) on the denoising objective.
 
-    on_step(step, loss, lr) after each optimizer step; should_stop() is polled at step boundaries
+    on_step(step, loss, lr) after each optimizer step; on_preview_progress(done, total) per sampling
+    step of a validation preview; should_stop() is polled at step boundaries
     (cancel → TrainingInterrupted, after saving a checkpoint when a checkpoint_dir is set);
     reduce_gradients averages adapter gradients across processes; rank > 0 (multi-process) draws
     its own batches and noise (exact resume is single-process).
@@ -118,7 +121,7 @@ def fit(
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             run.checkpoint(done)
         if config.validate_every and config.validation_prompt and done % config.validate_every == 0:
-            image = preview(denoiser, config, examples[0])
+            image = preview(denoiser, config, examples[0], on_preview_progress)
             run.result.previews.append((done, image))
             if on_preview is not None:
                 on_preview(done, image)
@@ -147,8 +150,8 @@ class _Run:
         self.result = TrainResult(list(handles), self.state.history, record=training_record(config, examples, class_examples))
         self.start = 0
         self.last_checkpoint: str | None = None
-        self._conds: dict[int, Cond] = {}
-        self._class_conds: dict[int, Cond] = {}
+        self._conds: dict[tuple, Cond] = {}  # (prompt as drawn, size) → conditioning (frozen text encoders)
+        self._class_conds: dict[tuple, Cond] = {}
         autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
         self.autocast = autocast_dtype if autocast_dtype is not None and denoiser.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
@@ -164,25 +167,30 @@ class _Run:
         self.result.checkpoints.append((step, self.last_checkpoint))
         return self.last_checkpoint
 
-    def _cond(self, batch: list[int], pool: Sequence[Example], memo: dict[int, Cond]) -> Cond:
+    def _cond(self, batch: list[int], pool: Sequence[Example], memo: dict[tuple, Cond], step: int, round_: int) -> Cond:
+        policy, kind = self.config.captions, "class" if pool is self.class_examples else "instance"
+        prompts = [policy.apply(pool[i].prompt, draw_seed(self.config.seed, step, round_, slot, kind))
+                   for slot, i in enumerate(batch)]
+        sizes = [pool[i].size for i in batch]
         if self.config.train_text_encoder:
-            return self.denoiser.encode_prompts([pool[i].prompt for i in batch], [pool[i].size for i in batch])
-        for i in batch:
-            if i not in memo:
+            return self.denoiser.encode_prompts(prompts, sizes)
+        for prompt, size in zip(prompts, sizes):
+            if (prompt, size) not in memo:
                 with torch.no_grad():
-                    memo[i] = self.denoiser.encode_prompts([pool[i].prompt], [pool[i].size])
-        return stack_cond([memo[i] for i in batch])
+                    memo[(prompt, size)] = self.denoiser.encode_prompts([prompt], [size])
+        return stack_cond([memo[key] for key in zip(prompts, sizes)])
 
-    def _loss(self) -> torch.Tensor:
+    def _loss(self, step: int, round_: int) -> torch.Tensor:
         s, config, generator = self.state, self.config, self.state.generator
         with torch.autocast("cuda", dtype=self.autocast or torch.float16, enabled=self.autocast is not None):
             batch = s.sampler.next(generator)
             latents = torch.stack([self.examples[i].latent for i in batch])
-            loss = diffusion_loss(self.denoiser, latents, self._cond(batch, self.examples, self._conds), generator, config)
+            cond = self._cond(batch, self.examples, self._conds, step, round_)
+            loss = diffusion_loss(self.denoiser, latents, cond, generator, config)
             if s.class_sampler is not None:
                 cbatch = s.class_sampler.next(generator)
                 clat = torch.stack([self.class_examples[i].latent for i in cbatch])
-                cond = self._cond(cbatch, self.class_examples, self._class_conds)
+                cond = self._cond(cbatch, self.class_examples, self._class_conds, step, round_)
                 loss = loss + config.prior_loss_weight * diffusion_loss(self.denoiser, clat, cond, generator, config)
         return loss
 
@@ -191,8 +199,8 @@ class _Run:
         for group, base in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base * lr_factor(step, config)
         total = 0.0
-        for _ in range(config.grad_accum):
-            loss = self._loss()
+        for round_ in range(config.grad_accum):
+            loss = self._loss(step, round_)
             if not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
                 raise TrainingDiverged(step, float(loss.detach()), self.last_checkpoint)

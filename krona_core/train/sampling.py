@@ -3,7 +3,7 @@ for prior-preservation class images and validation previews."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -15,8 +15,9 @@ from .objective import stack_cond
 
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, cond: Cond, uncond: Cond, shape: tuple[int, ...], seed: int,
-                steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) with classifier-free guidance; returns latents."""
+                steps: int = 20, guidance: float = 5.0, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Deterministic DDIM (η = 0) with classifier-free guidance; returns latents. progress(done,
+    steps) after each step."""
     ab = denoiser.alphas_cumprod.double()
     timesteps = torch.linspace(ab.numel() - 1, 0, steps).round().long()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -35,36 +36,50 @@ def ddim_sample(denoiser: Denoiser, cond: Cond, uncond: Cond, shape: tuple[int, 
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         a_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, dtype=torch.float64)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        if progress is not None:
+            progress(i + 1, steps)
     return x.float()
 
 
-def generate_class_examples(denoiser: Denoiser, class_prompt: str, count: int, latent_shape: tuple[int, int, int],
-                            seed: int, steps: int = 20, progress: Callable[[int, int], None] | None = None,
-                            should_stop: Callable[[], bool] | None = None) -> list[Example]:
-    """Prior-preservation examples sampled from the base model (adapters not yet attached).
-
-    progress(done, count) after each image; should_stop() is polled before each and cancels with
+def class_latents(denoiser: Denoiser, class_prompt: str, indices: Sequence[int], latent_shape: tuple[int, int, int],
+                  seed: int, steps: int = 20, should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, latent (C, h, w)) of prior-preservation images sampled from the base model (adapters
+    not yet attached), image i from seed + i. should_stop() is polled before each and cancels with
     TrainingInterrupted (no step done, no checkpoint)."""
     h, w = latent_shape[-2] * 8, latent_shape[-1] * 8
     size = SizeInfo((h, w), (0, 0), (h, w))
     cond = denoiser.encode_prompts([class_prompt], [size])
     uncond = denoiser.encode_prompts([""], [size])
-    out = []
-    for i in range(count):
+    for i in indices:
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(0, None)
-        out.append(Example(ddim_sample(denoiser, cond, uncond, (1, *latent_shape), seed + i, steps)[0], class_prompt, size, True))
+        yield i, ddim_sample(denoiser, cond, uncond, (1, *latent_shape), seed + i, steps)[0]
+
+
+def generate_class_examples(denoiser: Denoiser, class_prompt: str, count: int, latent_shape: tuple[int, int, int],
+                            seed: int, steps: int = 20, progress: Callable[[int, int], None] | None = None,
+                            should_stop: Callable[[], bool] | None = None) -> list[Example]:
+    """Prior-preservation examples kept in memory (`class_images.py` saves and reuses them);
+    progress(done, count) after each image."""
+    h, w = latent_shape[-2] * 8, latent_shape[-1] * 8
+    size = SizeInfo((h, w), (0, 0), (h, w))
+    out = []
+    for i, latent in class_latents(denoiser, class_prompt, range(count), latent_shape, seed, steps, should_stop):
+        out.append(Example(latent, class_prompt, size, True))
         if progress is not None:
             progress(i + 1, count)
     return out
 
 
-def preview(denoiser: Denoiser, config: TrainConfig, like: Example) -> torch.Tensor:
-    """One validation image (3, H, W) in [0, 1] at the fixed seed and prompt."""
+def preview(denoiser: Denoiser, config: TrainConfig, like: Example,
+            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One validation image (3, H, W) in [0, 1] at the fixed seed and prompt; progress(done, total)
+    after each sampling step."""
     size = like.size
     cond = denoiser.encode_prompts([config.validation_prompt or like.prompt], [size])
     uncond = denoiser.encode_prompts([""], [size])
-    latents = ddim_sample(denoiser, cond, uncond, (1, *like.latent.shape), config.validation_seed, config.validation_steps)
+    latents = ddim_sample(denoiser, cond, uncond, (1, *like.latent.shape), config.validation_seed, config.validation_steps,
+                          progress=progress)
     with torch.no_grad():
         image = denoiser.decode_latents(latents.to(denoiser.device)).float().cpu()[0]
     return ((image + 1) / 2).clamp(0, 1)

@@ -10,14 +10,14 @@ from pathlib import Path
 class ProgressPrinter:
     """A progress bar with the running loss and ETA (tqdm when installed, a plain line otherwise)."""
 
-    def __init__(self, total: int, description: str, start: int = 0):
+    def __init__(self, total: int, description: str, start: int = 0, unit: str = "step"):
         self.total = total
         self.description = description
         self.window: list[float] = []
         try:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=description, unit="step", dynamic_ncols=True, mininterval=0.5)
+            self.bar = tqdm(total=total, initial=start, desc=description, unit=unit, dynamic_ncols=True, mininterval=0.5)
         except ImportError:
             self.bar = None
             self.started = time.perf_counter()
