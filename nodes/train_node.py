@@ -176,7 +176,7 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
     def on_progress(phase: str, done: int, total: int) -> None:
         label = PHASE_LABELS.get(phase, phase)
         if phase in PHASE_LABELS and total:
-            if done == 0:
+            if done == 0 or phase not in bars:  # a phase's start (a reused class-image cache starts above 0)
                 log.info("Train KronA: %s (%d)", label, total)
             if phase == "preview" and done == 0:
                 bars.pop(phase, None)  # a fresh bar per preview

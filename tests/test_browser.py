@@ -1,7 +1,8 @@
 """The web extension in a real browser: ComfyUI with its own frontend (comfyui-frontend-package),
 headless Chromium driven by Playwright. Loads workflow 3 (Train KronA), runs it on tiny models,
 and checks that the live loss chart drew points; workflow 1 shows the trigger-word chips.
-Screenshots go to test-artifacts/browser/ (and to docs/screenshots/ with KRONA_UPDATE_SCREENSHOTS=1).
+Every example workflow opens with no node over another on the frontend's own bounds, and is
+photographed fitted to the view. Screenshots go to test-artifacts/browser/ (and to docs/screenshots/ with KRONA_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -82,6 +83,23 @@ def screenshot(page, name: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     return path
+
+
+WORKFLOWS = sorted(p.name for p in (ROOT / "example_workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflow_opens_with_no_overlapping_nodes(page, name):
+    load_workflow(page, name)
+    boxes = page.evaluate("""() => window.app.graph._nodes.map(n => {
+        const b = new Float32Array(4); n.getBounding(b); return [`${n.id} ${n.type}`, ...b]; })""")
+    assert len(boxes) == len(json.loads((ROOT / "example_workflows" / name).read_text())["nodes"])
+    clashes = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+               if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+    assert not clashes, f"{name}: nodes overlap on the frontend's bounds: {clashes}"
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(700)
+    screenshot(page, f"workflow-{name.removesuffix('.json')}.png")
 
 
 def test_trigger_word_chips_on_apply_krona(page):

@@ -51,7 +51,7 @@ def test_cancel_during_class_images_restores_the_shared_model(server):
     graph["train"]["inputs"].update(class_prompt="a photo of a toy", num_class_images=400)
     prompt_id = server.queue(graph)
     deadline = time.monotonic() + 600
-    while "generating 400 class images" not in server.log_tail(20000):
+    while "generating class images (400)" not in server.log_tail(20000):
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.2)
     time.sleep(1.0)  # well inside the generation (400 images × 20 DDIM steps)
