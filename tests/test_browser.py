@@ -38,7 +38,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 def server(example_server):
     # shared with test_comfy_workflows.py, with the example files (tests/conftest.py); it serves the real frontend
     # a returning user: no first-run template browser over the canvas
-    example_server.post_json("/settings", {"Comfy.TutorialCompleted": True})
+    # and nodes drawn in full at any zoom (no level-of-detail shapes), no minimap over the screenshots
+    example_server.post_json("/settings", {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+                                           "Comfy.Minimap.Visible": False})
     return example_server
 
 
@@ -96,10 +98,15 @@ def test_example_workflow_opens_with_no_overlapping_nodes(page, name):
     assert len(boxes) == len(json.loads((ROOT / "example_workflows" / name).read_text())["nodes"])
     clashes = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
                if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
-    assert not clashes, f"{name}: nodes overlap on the frontend's bounds: {clashes}"
-    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
-    page.wait_for_timeout(700)
-    screenshot(page, f"workflow-{name.removesuffix('.json')}.png")
+    assert not clashes, f"{name}: nodes overlap on the frontend's bounds: {clashes} (boxes x, y, w, h: {boxes})"
+    page.set_viewport_size({"width": 2000, "height": 1200})  # the widest workflow at a readable zoom
+    try:
+        page.wait_for_timeout(500)  # the canvas takes the new size on its next frame; fit after that
+        page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+        page.wait_for_timeout(700)
+        screenshot(page, f"workflow-{name.removesuffix('.json')}.png")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
 
 
 def test_trigger_word_chips_on_apply_krona(page):
