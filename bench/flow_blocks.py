@@ -14,13 +14,12 @@ no-adapter floor back-propagates through the same block); targets are ratios wit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import platform
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -28,13 +27,13 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from run import DEVICE, Attached, peak_memory, ratio, summary, timed  # noqa: E402
+from run import DEVICE, Attached, adapter, lycoris, peak_memory, peft_lora, ratio, summary, timed  # noqa: E402
 
 from krona_core import attach  # noqa: E402
 
 #: joint attention projections of both streams, as diffusers names them in Flux and SD3 blocks
 ATTN = r"re:(^|\.)attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)$"
-PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+PEFT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 def flux_double_block(quick: bool) -> tuple[torch.nn.Module, int]:
@@ -72,60 +71,13 @@ def krona(block) -> Attached:
     return Attached(list(handle.parameters()), lambda p: None, handle.remove)
 
 
-def lycoris(block, bypass: bool) -> Attached:
-    from lycoris.modules.lokr import LokrModule
-
-    modules = []
-    for name, module in _attn_modules(block):
-        lokr = LokrModule("lycoris_" + name.replace(".", "_"), module, 1.0, lora_dim=10**6, alpha=1, factor=-1,
-                          full_matrix=True, bypass_mode=bypass)
-        with torch.no_grad():
-            lokr.lokr_w2.normal_(0, 1e-3)
-        lokr.to(module.weight.device)
-        lokr.apply_to()
-        modules.append(lokr)
-    return Attached([p for m in modules for p in m.parameters()], lambda p: None,
-                    lambda: [m.restore() for m in modules])
-
-
-def peft_lora(block, rank: int = 16) -> Attached:
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=PEFT_TARGETS), block)
-    params = [p for n, p in block.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
-        if p.ndim == 2 and p.abs().sum() == 0:
-            torch.nn.init.normal_(p, 0, 1e-3)
-
-    def remove() -> None:
-        for module in list(block.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, LoraLayer):
-                    setattr(module, child_name, child.get_base_layer())
-
-    return Attached(params, lambda p: None, remove)
-
-
 CONFIGS: dict[str, Callable | None] = {
     "no adapter": None,
     "KronA (64, 8)": krona,
-    "PEFT LoRA r16": peft_lora,
-    "LyCORIS LoKr": lambda b: lycoris(b, bypass=False),
-    "LyCORIS LoKr bypass": lambda b: lycoris(b, bypass=True),
+    "PEFT LoRA r16": lambda b: peft_lora(b, rank=16, target_modules=PEFT_TARGETS),
+    "LyCORIS LoKr": lambda b: lycoris(b, bypass=False, targets=_attn_modules(b)),
+    "LyCORIS LoKr bypass": lambda b: lycoris(b, bypass=True, targets=_attn_modules(b)),
 }
-
-
-@contextlib.contextmanager
-def adapter(block, name: str) -> Iterator[Attached | None]:
-    factory = CONFIGS[name]
-    attached = factory(block) if factory else None
-    try:
-        yield attached
-    finally:
-        if attached:
-            attached.remove()
 
 
 def block_inputs(width: int, image_tokens: int, text_tokens: int) -> dict[str, torch.Tensor]:
@@ -158,7 +110,7 @@ def bench_block(name: str, quick: bool, rounds: int, tokens: tuple[int, int], lo
     info: dict[str, dict] = {}
     for round_index in range(rounds + 1):  # round 0 warms every configuration up
         for config in CONFIGS:
-            with adapter(block, config) as attached:
+            with adapter(block, config, CONFIGS) as attached:
                 elapsed = timed(make_step(block, inputs, attached.params if attached else []))
                 if round_index:
                     times[config].append(elapsed)
@@ -166,7 +118,7 @@ def bench_block(name: str, quick: bool, rounds: int, tokens: tuple[int, int], lo
                 else:
                     info[config] = {"params": sum(p.numel() for p in attached.params) if attached else 0}
     for config in CONFIGS:
-        with adapter(block, config) as attached:
+        with adapter(block, config, CONFIGS) as attached:
             info[config]["peak_bytes"] = peak_memory(make_step(block, inputs, attached.params if attached else []))
     base = sum(p.numel() for p in block.parameters())
     return {"width": width, "base_params": base, "tokens": list(tokens),
