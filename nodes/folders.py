@@ -8,6 +8,7 @@ import re
 import folder_paths
 
 from ..krona_core.files.model import SUFFIX
+from ..krona_core.files.paths import PathRefused, resolve_inside, walk_files
 
 FOLDER = "krona"
 
@@ -22,24 +23,34 @@ def register() -> None:
     os.makedirs(default, exist_ok=True)
 
 
+def _roots(folder: str) -> list[str]:
+    return [p for p in folder_paths.get_folder_paths(folder) if os.path.isdir(p)]
+
+
 def krona_files() -> list[str]:
-    """Files for Apply/Load KronA: everything in models/krona, plus *.krona.safetensors in loras."""
-    names = list(folder_paths.get_filename_list(FOLDER))
-    seen = set(names)
-    for name in folder_paths.get_filename_list("loras"):
-        if name.endswith(SUFFIX) and name not in seen:
-            names.append(name)
+    """Files for Apply/Load KronA: every .safetensors in models/krona, plus *.krona.safetensors in
+    loras — listed by the pack's own walk, which survives symlink loops and unreadable folders."""
+    names: list[str] = []
+    for folder, suffix in ((FOLDER, ".safetensors"), ("loras", SUFFIX)):
+        for root in _roots(folder):
+            names += [n for n in walk_files(root, (suffix,)) if n not in names]
     return sorted(names)
 
 
 def resolve(name: str) -> str:
-    """Full path of a listed file (models/krona wins over loras for equal names)."""
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None and name.endswith(SUFFIX):
-        path = folder_paths.get_full_path("loras", name)
-    if path is None:
-        raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
-    return path
+    """Full path of a listed file (models/krona wins over loras for equal names); a name that
+    leaves its folder (absolute, '..', a symlink out) is refused."""
+    for folder, suffix in ((FOLDER, ".safetensors"), ("loras", SUFFIX)):
+        if not name.endswith(suffix):
+            continue
+        for root in _roots(folder):
+            try:
+                path = resolve_inside(root, name, (suffix,), "KronA file")
+            except PathRefused as exc:
+                raise FileNotFoundError(str(exc)) from None
+            if os.path.isfile(path):
+                return path
+    raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
 
 
 def fingerprint(name: str):

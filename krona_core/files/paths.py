@@ -1,0 +1,69 @@
+"""Paths from requests, nodes and widgets, confined to their models folder, and folder listings
+that survive symlink loops and unreadable entries.
+
+`resolve_inside` is the one rule for a user-supplied name: relative, no `..`, resolved after
+symlinks to a place inside the root, with an allowed suffix. `walk_files` lists a folder tree
+following symlinked folders once each (a link to `.` or to a parent is not walked again), and
+skips what it cannot read instead of failing the whole listing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, Sequence
+
+
+class PathRefused(ValueError):
+    """A user-supplied path that would leave its folder, or names the wrong kind of file."""
+
+
+def resolve_inside(root: str | os.PathLike, user_path: str, suffixes: Sequence[str] = (".safetensors",),
+                   what: str = "file") -> str:
+    """The real path of `user_path` inside `root` (which must exist), refused (PathRefused) when it
+    is absolute, has `..` parts, leaves `root` after symlinks, or does not end with one of
+    `suffixes`. The message names the request's path only, never what exists on the server."""
+    cleaned = str(user_path).strip().replace("\\", "/")
+    if not cleaned:
+        raise PathRefused(f"the {what} name is empty")
+    if "\x00" in cleaned or cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned) or ".." in cleaned.split("/"):
+        raise PathRefused(f"{user_path!r}: give a {what} name relative to its models folder (no absolute path, no '..')")
+    if suffixes and not cleaned.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise PathRefused(f"{user_path!r}: the {what} name must end with {' or '.join(suffixes)}")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, cleaned))
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise PathRefused(f"{user_path!r}: leaves its models folder (through a symbolic link?)")
+    return real
+
+
+def walk_files(root: str | os.PathLike, suffixes: Sequence[str] = ()) -> Iterator[str]:
+    """Paths of the files under `root` (relative to it, '/'-separated, sorted per folder) whose
+    names end with one of `suffixes` (all when empty). Symlinked folders are followed, each real
+    folder once; unreadable folders are skipped."""
+    seen: set[tuple[int, int]] = set()
+    pending = [("", os.fspath(root))]
+    while pending:
+        relative, directory = pending.pop()
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        folders = []
+        for entry in entries:
+            name = f"{relative}{entry.name}"
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; a dangling link is neither
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                continue
+            if is_dir:
+                folders.append((name + "/", entry.path))
+            elif is_file and (not suffixes or entry.name.endswith(tuple(suffixes))):
+                yield name
+        pending.extend(reversed(folders))
