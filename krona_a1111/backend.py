@@ -166,26 +166,23 @@ def inspect(name: str) -> str:
 
 
 def convert(request: ConvertRequest) -> str:
-    """krona_core's converter for the tab and the API: `src` is a file in models/krona or the Lora
-    folder, `dst` a new name inside models/krona (folders are not created); any path that leaves
-    them, after symlinks, is refused."""
+    """krona_core's converter for the tab and the API: `src` is a file listed in models/krona or the
+    Lora folder, `dst` a new name inside models/krona (its folder must exist); a `dst` that leaves
+    models/krona, after symlinks, is refused."""
     from krona_core.convert.convert import convert_file
     from krona_core.files.paths import resolve_inside
 
     src = _source_path(request.src)
-    dst = resolve_inside(krona_dir(), request.dst, (".safetensors",), "output")
-    if not os.path.isdir(os.path.dirname(dst)):
-        raise ValueError(f"{request.dst!r}: no such folder in models/krona (folders are not created)")
+    dst = resolve_inside(krona_dir(), request.dst, (".safetensors",), "output")  # its folder must exist
     return convert_file(src, dst, request.to or None, request.a1, request.a2, request.budget or None,
                         request.rank or None).text
 
 
 def _source_path(name: str) -> str:
-    from krona_core.files.paths import resolve_inside
+    from krona_core.files.paths import listed_path
 
     for root in (krona_dir(), lora_dir()):
-        if os.path.isdir(root):
-            path = resolve_inside(root, name, (".safetensors",), "source")
-            if os.path.isfile(path):
-                return path
-    raise ValueError(f"{name!r}: no such file in models/krona or the Lora folder")
+        path = listed_path(root, name)
+        if path is not None:
+            return path
+    raise ValueError(f"{name!r}: no such .safetensors file in models/krona or the Lora folder (give its name there)")

@@ -8,7 +8,7 @@ import re
 import folder_paths
 
 from ..krona_core.files.model import SUFFIX
-from ..krona_core.files.paths import PathRefused, resolve_inside, walk_files
+from ..krona_core.files.paths import listed_path, walk_files
 
 FOLDER = "krona"
 
@@ -38,17 +38,12 @@ def krona_files() -> list[str]:
 
 
 def resolve(name: str) -> str:
-    """Full path of a listed file (models/krona wins over loras for equal names); a name that
-    leaves its folder (absolute, '..', a symlink out) is refused."""
+    """Full path of a listed file (models/krona wins over loras for equal names): only names the
+    listing shows are read, so absolute paths and '..' never reach a file."""
     for folder, suffix in ((FOLDER, ".safetensors"), ("loras", SUFFIX)):
-        if not name.endswith(suffix):
-            continue
         for root in _roots(folder):
-            try:
-                path = resolve_inside(root, name, (suffix,), "KronA file")
-            except PathRefused as exc:
-                raise FileNotFoundError(str(exc)) from None
-            if os.path.isfile(path):
+            path = listed_path(root, name, (suffix,))
+            if path is not None:
                 return path
     raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
 

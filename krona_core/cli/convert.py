@@ -71,7 +71,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from ..convert.convert import Report
+    from ..convert.convert import Report, check_output
     from ..convert.merge import checkpoint_naming, merge_files, merge_into_checkpoint, merge_into_diffusers
     from ..convert.sources import read_source
     from ..files.model import SUFFIX
@@ -97,6 +97,7 @@ def run_merge(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end with {SUFFIX}")
     if args.weights is not None and len(args.weights) != len(args.inputs):
         raise UsageError(f"--weights gives {len(args.weights)} weights for {len(args.inputs)} files")
+    check_output(args.out)
     files = [read(p) for p in args.inputs]
     weights = args.weights or [1.0] * len(files)
     bar = _ModuleBar("merging")

@@ -153,7 +153,7 @@ def _check_environment(args: argparse.Namespace) -> None:
         if importlib.util.find_spec(module) is None:
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
     if not os.path.exists(args.base):
-        raise ValueError(f"--base {args.base}: no such diffusers folder or single-file checkpoint")
+        raise ValueError(f"--base {args.base}: no such file or folder (a diffusers folder or a single-file checkpoint)")
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise ValueError(f"--tokenizer {args.tokenizer}: no such folder")
     if args.device is None:

@@ -152,6 +152,15 @@ class Report:
         return "\n".join(self.lines)
 
 
+def check_output(path: str) -> None:
+    """Before any work: the output must be new, in a folder that exists."""
+    if os.path.lexists(path):
+        raise ConvertError(f"{path} exists; nothing was overwritten")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConvertError(f"{path}: the folder {folder} does not exist (or is not a folder)")
+
+
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, a1: int = 64, a2: int = 8,
                  budget: int | None = None, rank: int | None = None, base: str | None = None,
                  float32: bool = False, checkpoint: str | os.PathLike | None = None,
@@ -164,8 +173,10 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
     target = to or ("krona" if dst.endswith(SUFFIX) else None)
     if target not in ("krona", "lora", "diff"):
         raise ConvertError(f"{dst}: choose the output kind (--to krona|lora|diff) or name the output *{SUFFIX}")
-    if os.path.exists(dst):
-        raise ConvertError(f"{dst} exists; nothing was overwritten")
+    check_output(dst)
+    for label, value in (("a1", a1), ("a2", a2), ("budget", budget), ("rank", rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConvertError(f"{label} must be a whole number ≥ 1, got {value!r}")
     dtype = torch.float32 if float32 else torch.float16
     if checkpoint is not None:
         from .merge import bind_base, checkpoint_naming

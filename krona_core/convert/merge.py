@@ -22,7 +22,7 @@ from ..naming.unet import UNetKeyMap
 from ..ops.limits import DeltaTooLarge, check_delta_shape
 from ..ops.matmul import materialise
 from ..ops.shapes import KronShape, choose_shape
-from .convert import Conversion, ErrorTally, Progress, fit_kronecker
+from .convert import Conversion, ErrorTally, Progress, check_output, fit_kronecker
 from .errors import ConvertError
 from .kinds import Dense, Kronecker, SourceModule
 from .sources import Source, load_tensors
@@ -193,8 +193,7 @@ def merge_into_checkpoint(checkpoint: str | os.PathLike, adapter: KronAFile | So
     checkpoint, written to a new file."""
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
     _finite("strength", strength)
-    if os.path.exists(out):
-        raise ConvertError(f"{out}: already exists; nothing was overwritten")
+    check_output(out)
     ckpt = _Checkpoint(checkpoint, adapter)
     modules = _modules_of(adapter)
     ckpt.check_names(adapter, modules)

@@ -14,7 +14,7 @@ from .. import families
 from ..families import FamilyError
 from ..files.header import FLOAT_DTYPES, Header, decode, file_size, parse_header, read_header
 from ..files.model import KronAFileError, split_trigger_words
-from ..files.reader import MAX_FILE_BYTES, check_krona_metadata
+from ..files.reader import MAX_FILE_BYTES, check_metadata, factor_shapes
 from ..naming.unet import UNetKeyMap
 from ..ops.limits import DeltaTooLarge, check_delta_shape
 from .errors import ConvertError
@@ -52,7 +52,7 @@ def load_adapter_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     path = os.fspath(path)
     header = _validated_header(path)
     try:
-        check_krona_metadata(header.metadata, path)
+        check_metadata(header.metadata, factor_shapes(header.entries), path)
         if file_size(path) > MAX_FILE_BYTES:
             raise KronAFileError(path, f"file is over the {MAX_FILE_BYTES:,}-byte limit for an adapter")
         with open(path, "rb") as fh:

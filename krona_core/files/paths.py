@@ -1,10 +1,13 @@
 """Paths from requests, nodes and widgets, confined to their models folder, and folder listings
 that survive symlink loops and unreadable entries.
 
-`resolve_inside` is the one rule for a user-supplied name: relative, no `..`, resolved after
-symlinks to a place inside the root, with an allowed suffix. `walk_files` lists a folder tree
-following symlinked folders once each (a link to `.` or to a parent is not walked again), and
-skips what it cannot read instead of failing the whole listing.
+Two rules, one per direction:
+- a name to *write* (`resolve_inside`): relative, no `..`, an allowed suffix, and its real path
+  (after symlinks) inside the real root — nothing is ever written outside the models folder;
+- a name to *read* (`listed_path`): one of the files the folder's listing shows — the operator's
+  own tree, symlinked folders they made included, and nothing else.
+`walk_files` lists a folder tree following symlinked folders once each (a link to `.` or to a
+parent is not walked again) and skips what it cannot read instead of failing the whole listing.
 """
 
 from __future__ import annotations
@@ -67,3 +70,11 @@ def walk_files(root: str | os.PathLike, suffixes: Sequence[str] = ()) -> Iterato
             elif is_file and (not suffixes or entry.name.endswith(tuple(suffixes))):
                 yield name
         pending.extend(reversed(folders))
+
+
+def listed_path(root: str | os.PathLike, name: str, suffixes: Sequence[str] = (".safetensors",)) -> str | None:
+    """The path of `name` when it is one of the files `walk_files(root, suffixes)` lists, else None."""
+    if not name or not os.path.isdir(root):
+        return None
+    wanted = str(name).replace("\\", "/")
+    return os.path.join(os.fspath(root), wanted) if wanted in set(walk_files(root, suffixes)) else None

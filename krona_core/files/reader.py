@@ -41,13 +41,23 @@ def read(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> KronAFile:
     return parse(data, path)
 
 
+def factor_shapes(entries: Mapping[str, Entry]) -> dict[str, tuple]:
+    """{module: (w1 shape, w2 shape)} of the full-factor KronA tensors among a header's entries."""
+    parts: dict[str, dict[str, tuple]] = {}
+    for key, entry in entries.items():
+        match = KEY.fullmatch(key)
+        if match and match.group(3) != "alpha":
+            parts.setdefault(f"{match.group(1)}_{match.group(2)}", {})[match.group(3)] = entry.shape
+    return {m: (p["lokr_w1"], p["lokr_w2"]) for m, p in parts.items() if len(p) == 2}
+
+
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Base model, trigger words, title and module count from the header alone (no tensor data
     read): for UIs that list files. Same validation of the header and metadata as `read`."""
     path = os.fspath(path)
     header = read_header(path)
     groups = _group_modules(header.entries, path)
-    _check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
+    check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
     file = KronAFile(path, {}, header.metadata)
     return {"name": file.name, "base_model": file.base_model, "trigger_words": file.trigger_words,
             "modules": len(groups), "format_version": header.metadata.get("krona.format_version")}
@@ -57,7 +67,7 @@ def parse(data: bytes, path: str | os.PathLike | None = None) -> KronAFile:
     """Validate and decode the bytes of a file (see `read`)."""
     header = parse_header(data, path)
     groups = _group_modules(header.entries, path)
-    _check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
+    check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
     for module, parts in groups.items():
@@ -140,7 +150,9 @@ def check_krona_metadata(metadata: Mapping[str, str], path) -> None:
                              "krona.scale_baked")
 
 
-def _check_metadata(metadata: Mapping[str, str], shapes: Mapping[str, tuple], path) -> None:
+def check_metadata(metadata: Mapping[str, str], shapes: Mapping[str, tuple], path) -> None:
+    """All metadata rules: `check_krona_metadata` and the per-layer factor record against the
+    factors' shapes ({module: (w1 shape, w2 shape)})."""
     check_krona_metadata(metadata, path)
     if "krona.factors" in metadata:
         factors = json.loads(metadata["krona.factors"])
