@@ -108,6 +108,7 @@ def run_merge(args: argparse.Namespace) -> int:
     write(args.out, result.file.modules, result.file.metadata, dtype=torch.float32 if args.float32 else torch.float16)
     report = Report(args.out)
     report.error_lines(result.errors, result.total_error)
+    report.factor_line(result.file.modules, (args.a1, args.a2) if args.a1 and args.a2 else None)
     print(report.text)
     print(f"wrote {args.out}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -147,6 +148,14 @@ class Report:
                           f"over {len(errors)} modules")
         self.lines += [f"  {err:.3e}  {name}" for name, err in worst if err > 0]
 
+    def factor_line(self, modules: dict[str, tuple[torch.Tensor, torch.Tensor]], asked: tuple[int, int] | None) -> None:
+        """The (a1, a2) each module got — the nearest divisors where the asked ones do not divide."""
+        used = Counter(tuple(w1.shape) for w1, _ in modules.values())
+        line = "factors (a1, a2): " + ", ".join(f"({a}, {b}) ×{n}" for (a, b), n in sorted(used.items()))
+        if asked is not None and set(used) != {asked}:
+            line += f" (asked {asked}; a layer takes the nearest factors that divide it)"
+        self.lines.append(line)
+
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -190,6 +199,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
         result = to_krona(source, a1, a2, budget, progress)
         write(dst, result.file.modules, result.file.metadata, dtype=dtype)
         report.error_lines(result.errors, result.total_error)
+        fitted = json.loads(result.file.metadata["krona.factors"])["rule"].get("mode") == "factors"
+        report.factor_line(result.file.modules, (a1, a2) if fitted else None)
         report.lines.append(f"wrote {dst}: {result.file.num_parameters():,} parameters")
     elif target == "lora":
         tensors, errors, total = to_lora(source, rank, progress)

@@ -33,3 +33,16 @@ def test_convert_refuses_counts_below_one(tmp_path, change):
     src.write_bytes(good_krona())
     with pytest.raises(ConvertError, match="≥ 1"):
         convert_file(src, tmp_path / "out.safetensors", "lora", **change)
+
+
+def test_convert_says_which_factors_each_layer_got(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from hostile_corpus import Q
+
+    src = tmp_path / "lora.safetensors"
+    save_file({f"{Q}.lora_down.weight": torch.randn(4, 320), f"{Q}.lora_up.weight": torch.randn(320, 4),
+               f"{Q}.alpha": torch.tensor(4.0)}, src)
+    report = convert_file(src, tmp_path / "out.krona.safetensors", a1=7, a2=3, base="sd1")
+    assert "factors (a1, a2): (8, 4) ×1 (asked (7, 3)" in report.text
