@@ -8,7 +8,7 @@ import re
 import folder_paths
 
 from ..krona_core.files.model import SUFFIX
-from ..krona_core.files.paths import listed_path, walk_files
+from ..krona_core.files.paths import PathRefused, listed_path, resolve_inside, walk_files
 
 FOLDER = "krona"
 
@@ -60,22 +60,21 @@ def fingerprint(name: str):
 def save_path(prefix: str) -> str:
     """models/krona/<prefix>_NNNNN.krona.safetensors with the next free counter.
 
-    The prefix may name subfolders but is confined to the krona folder: absolute paths,
-    drive letters and `..` are refused.
+    The prefix may name subfolders (created) but is confined to the krona folder by the pack's one
+    rule for names to write (`resolve_inside`: no absolute path, no '..', not out through a link).
     """
     cleaned = prefix.strip().replace("\\", "/")
     if not cleaned:
         raise ValueError("filename prefix is empty")
-    if cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned) or any(part in ("..", "") for part in cleaned.split("/")):
-        raise ValueError(f"filename prefix {prefix!r} must be a relative name inside models/{FOLDER} (no '..', no absolute path)")
     if cleaned.endswith(SUFFIX):
         cleaned = cleaned[: -len(SUFFIX)]
-    root = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
-    directory = os.path.realpath(os.path.join(root, os.path.dirname(cleaned)))
-    if os.path.commonpath([root, directory]) != root:
-        raise ValueError(f"filename prefix {prefix!r} leaves models/{FOLDER}")
+    root = folder_paths.get_folder_paths(FOLDER)[0]
+    try:
+        target = resolve_inside(root, cleaned + SUFFIX, (SUFFIX,), "filename prefix")
+    except PathRefused as exc:
+        raise ValueError(f"{exc} (models/{FOLDER})") from None
+    directory, stem = os.path.dirname(target), os.path.basename(target)[: -len(SUFFIX)]
     os.makedirs(directory, exist_ok=True)
-    stem = os.path.basename(cleaned)
     pattern = re.compile(re.escape(stem) + r"_(\d{5})" + re.escape(SUFFIX) + "$")
     used = [int(m.group(1)) for f in os.listdir(directory) if (m := pattern.match(f))]
     counter = max(used, default=0) + 1
