@@ -43,8 +43,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-text-encoder", action="store_true", help="adapt the text encoder(s) too")
     p.add_argument("--text-encoder-lr", type=float_range(0.0, 1.0, low_open=True), default=None,
                    help="learning rate of the text encoder (default: --lr)")
-    p.add_argument("--resolution", type=int_range(64, 4096), default=None,
-                   help="bucket area side in pixels, 64 … 4096 (default: the family's, 512; SDXL 1024)")
+    p.add_argument("--resolution", type=int_range(8, 4096), default=None,
+                   help="bucket area side in pixels, 8 … 4096 (default: the family's, 512; SDXL 1024)")
     p.add_argument("--center-crop", action="store_true", help="crop images centred (default: a random crop per image, "
                    "as the official DiffuseKronA scripts)")
     p.add_argument("--shuffle-caption", action="store_true", help="shuffle the comma-separated caption tokens at each draw")

@@ -26,7 +26,7 @@ BAD_NUMBERS = [
     ["merge", "a", "--out", "o", "--a1", "0"], ["demo", "--steps", "0"], ["demo", "--seed", "-3"],
     *[[*TRAIN, flag, value] for flag, value in [
         ("--lr", "nan"), ("--lr", "0"), ("--lr", "-1"), ("--lr", "inf"), ("--grad-accum", "0"), ("--steps", "0"),
-        ("--steps", "-5"), ("--steps", "2.5"), ("--resolution", "0"), ("--resolution", "10"), ("--batch-size", "0"),
+        ("--steps", "-5"), ("--steps", "2.5"), ("--resolution", "0"), ("--resolution", "4"), ("--batch-size", "0"),
         ("--caption-dropout", "2"), ("--num-class-images", "-1"), ("--seed", "-1"), ("--min-snr-gamma", "0"),
         ("--noise-offset", "nan"), ("--keep-tokens", "-1"), ("--warmup-steps", "-1"), ("--checkpoint-every", "-1"),
         ("--a1", "0"), ("--a2", "x"), ("--budget", "-10"), ("--prior-loss-weight", "-1"), ("--weight-decay", "nan"),
