@@ -23,9 +23,10 @@ class PathRefused(ValueError):
 
 def resolve_inside(root: str | os.PathLike, user_path: str, suffixes: Sequence[str] = (".safetensors",),
                    what: str = "file") -> str:
-    """The real path of `user_path` inside `root` (which must exist), refused (PathRefused) when it
-    is absolute, has `..` parts, leaves `root` after symlinks, or does not end with one of
-    `suffixes`. The message names the request's path only, never what exists on the server."""
+    """Where writing `user_path` inside `root` puts the file: its folder's real path (after
+    symlinks) joined with its name. Refused (PathRefused) when it is absolute, has `..` parts, its
+    folder leaves `root` after symlinks, or it does not end with one of `suffixes`. The message
+    names the request's path only, never what exists on the server."""
     cleaned = str(user_path).strip().replace("\\", "/")
     if not cleaned:
         raise PathRefused(f"the {what} name is empty")
@@ -34,8 +35,9 @@ def resolve_inside(root: str | os.PathLike, user_path: str, suffixes: Sequence[s
     if suffixes and not cleaned.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise PathRefused(f"{user_path!r}: the {what} name must end with {' or '.join(suffixes)}")
     real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, cleaned))
-    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+    folder, name = os.path.split(os.path.join(real_root, cleaned.rstrip("/")))
+    real = os.path.join(os.path.realpath(folder), name)  # writes replace a final link, never follow it
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root or not name:
         raise PathRefused(f"{user_path!r}: leaves its models folder (through a symbolic link?)")
     return real
 
