@@ -12,7 +12,8 @@ from typing import Callable
 
 from krona_core.files.model import SUFFIX
 
-from .networks import krona_dir, krona_files
+from .networks import krona_dir, krona_files, lora_dir
+from .requests import ConvertRequest, TrainRequest
 
 # tokenizer folders the web UIs ship (Forge) or cache (A1111), per base
 TOKENIZER_CANDIDATES = {
@@ -22,29 +23,6 @@ TOKENIZER_CANDIDATES = {
     "sdxl": ["backend/huggingface/stabilityai/stable-diffusion-xl-base-1.0/tokenizer",
              "~/.cache/huggingface/hub/models--openai--clip-vit-large-patch14/snapshots/*"],
 }
-
-
-@dataclass
-class TrainRequest:
-    images_dir: str
-    instance_prompt: str
-    name: str = "krona"
-    steps: int = 0  # 0: the model family's default (500 SD1.x/SD2.x, 1000 SDXL)
-    learning_rate: float = 1e-3
-    a1: int = 64
-    a2: int = 8
-    targets: str = "attn"
-    seed: int = 0
-    resolution: int = 0  # 0: the model family's default (512; SDXL 1024)
-    grad_accum: int = 4
-    batch_size: int = 1
-    schedule: str = "constant"
-    class_prompt: str = ""
-    num_class_images: int = 0
-    train_text_encoder: bool = False
-    trigger_words: str = ""
-    tokenizer_dir: str = ""
-    checkpoint_every: int = 0
 
 
 class JobBusy(RuntimeError):
@@ -187,10 +165,24 @@ def inspect(name: str) -> str:
     return describe(read(path))
 
 
-def convert(src: str, dst: str, to: str = "", a1: int = 64, a2: int = 8, budget: int = 0, rank: int = 0) -> str:
-    """krona_core's converter for the tab and the API; relative outputs land in models/krona."""
+def convert(request: ConvertRequest) -> str:
+    """krona_core's converter for the tab and the API: `src` is a file listed in models/krona or the
+    Lora folder, `dst` a new name inside models/krona (its folder must exist); a `dst` that leaves
+    models/krona, after symlinks, is refused."""
     from krona_core.convert.convert import convert_file
+    from krona_core.files.paths import resolve_inside
 
-    if dst and not os.path.isabs(dst):
-        dst = os.path.join(krona_dir(), dst)
-    return convert_file(src, dst, to or None, a1, a2, budget or None, rank or None).text
+    src = _source_path(request.src)
+    dst = resolve_inside(krona_dir(), request.dst, (".safetensors",), "output")  # its folder must exist
+    return convert_file(src, dst, request.to or None, request.a1, request.a2, request.budget or None,
+                        request.rank or None).text
+
+
+def _source_path(name: str) -> str:
+    from krona_core.files.paths import listed_path
+
+    for root in (krona_dir(), lora_dir()):
+        path = listed_path(root, name)
+        if path is not None:
+            return path
+    raise ValueError(f"{name!r}: no such .safetensors file in models/krona or the Lora folder (give its name there)")

@@ -12,6 +12,7 @@ import os
 import re
 
 from krona_core.files.model import SUFFIX
+from krona_core.files.paths import walk_files
 
 TAG = re.compile(r"<krona:([^:>]+)((?::[^>]*)?)>")
 
@@ -30,15 +31,14 @@ def lora_dir() -> str:
 
 def krona_files() -> dict[str, str]:
     """{network name (file name without its last extension, as the web UI names it): path} of every
-    *.krona.safetensors in models/krona and the Lora folder (models/krona wins on equal names)."""
+    *.krona.safetensors in models/krona and the Lora folder (models/krona wins on equal names).
+    The walk survives symlink loops and unreadable folders (krona_core.files.paths)."""
     found: dict[str, str] = {}
-    for root in (lora_dir(), krona_dir()):
+    for root, suffix in ((lora_dir(), SUFFIX), (krona_dir(), ".safetensors")):
         if not os.path.isdir(root):
             continue
-        for directory, _, files in os.walk(root, followlinks=True):
-            for file in files:
-                if file.endswith(SUFFIX) or (root == krona_dir() and file.endswith(".safetensors")):
-                    found[os.path.splitext(file)[0]] = os.path.join(directory, file)
+        for relative in walk_files(root, (suffix,)):
+            found[os.path.splitext(os.path.basename(relative))[0]] = os.path.join(root, relative)
     return found
 
 

@@ -28,7 +28,7 @@ class ExtraNetworksPageKronA(ui_extra_networks.ExtraNetworksPage):
             return None
         try:
             summary = read_summary(path)
-        except KronAFileError as exc:
+        except (KronAFileError, OSError) as exc:
             summary = {"name": name, "base_model": None, "trigger_words": [], "modules": 0, "error": str(exc)}
         stem = path[: -len(".safetensors")]
         tag_name = name[: -len(".krona")] if name.endswith(".krona") else name

@@ -7,6 +7,7 @@ import gradio as gr
 from krona_core.adapters.targets import PRESETS
 
 from . import backend
+from .requests import ConvertRequest, TrainRequest, parse_request
 from .networks import krona_files
 
 
@@ -16,13 +17,12 @@ def _train(images_dir, instance_prompt, name, steps, lr, a1, a2, targets, seed, 
         total = backend.CURRENT.total or step
         progress(step / total, desc=f"step {step}/{total} · loss {loss:.4f}")
 
-    request = backend.TrainRequest(images_dir=images_dir, instance_prompt=instance_prompt, name=name, steps=int(steps),
-                                   learning_rate=float(lr), a1=int(a1), a2=int(a2), targets=targets, seed=int(seed),
-                                   resolution=int(resolution), grad_accum=int(grad_accum), class_prompt=class_prompt,
-                                   num_class_images=int(num_class_images), train_text_encoder=bool(train_text_encoder),
-                                   trigger_words=trigger_words, tokenizer_dir=tokenizer_dir)
+    fields = dict(images_dir=images_dir, instance_prompt=instance_prompt, name=name, steps=steps, learning_rate=lr,
+                  a1=a1, a2=a2, targets=targets, seed=seed, resolution=resolution, grad_accum=grad_accum,
+                  class_prompt=class_prompt, num_class_images=num_class_images,
+                  train_text_encoder=bool(train_text_encoder), trigger_words=trigger_words, tokenizer_dir=tokenizer_dir)
     try:
-        result = backend.train(request, on_step)
+        result = backend.train(parse_request(TrainRequest, fields), on_step)
     except (ValueError, OSError, backend.JobBusy) as exc:
         return f"**Error:** {exc}", None
     if result["cancelled"]:
@@ -39,7 +39,8 @@ def _inspect(name):
 
 def _convert(src, dst, to, a1, a2, budget, rank):
     try:
-        return backend.convert(src, dst, to, int(a1), int(a2), int(budget), int(rank))
+        fields = dict(src=src, dst=dst, to=to or "", a1=a1, a2=a2, budget=budget, rank=rank)
+        return backend.convert(parse_request(ConvertRequest, fields))
     except (ValueError, OSError) as exc:  # refused input: the reason, the UI keeps working
         return f"Error: {exc}"
 

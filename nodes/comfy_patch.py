@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 
 import comfy.lora
@@ -210,6 +211,9 @@ def _hook(model_patcher, hooks: list[_BypassHook]) -> list:
 def apply_to(model, clip, file: KronAFile, strength_model: float, strength_clip: float,
              bypass: bool = False, blocks: BlockStrengths | None = None):
     """Clone and patch (model, clip) with a KronA file; (new_model, new_clip, report lines)."""
+    for label, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
+        if not math.isfinite(float(value)):
+            raise KronAApplyError(f"{label} must be a finite number, got {value}")
     report: list[str] = []
     unet = resolve(file, model, unet_key_map(model), ("lora_unet_",), "UNet") if model is not None else None
     te = resolve(file, clip.patcher, clip_key_map(clip), TEXT_PREFIXES, "text-encoder") if clip is not None else None

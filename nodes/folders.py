@@ -8,6 +8,7 @@ import re
 import folder_paths
 
 from ..krona_core.files.model import SUFFIX
+from ..krona_core.files.paths import PathRefused, listed_path, resolve_inside, walk_files
 
 FOLDER = "krona"
 
@@ -22,24 +23,29 @@ def register() -> None:
     os.makedirs(default, exist_ok=True)
 
 
+def _roots(folder: str) -> list[str]:
+    return [p for p in folder_paths.get_folder_paths(folder) if os.path.isdir(p)]
+
+
 def krona_files() -> list[str]:
-    """Files for Apply/Load KronA: everything in models/krona, plus *.krona.safetensors in loras."""
-    names = list(folder_paths.get_filename_list(FOLDER))
-    seen = set(names)
-    for name in folder_paths.get_filename_list("loras"):
-        if name.endswith(SUFFIX) and name not in seen:
-            names.append(name)
+    """Files for Apply/Load KronA: every .safetensors in models/krona, plus *.krona.safetensors in
+    loras — listed by the pack's own walk, which survives symlink loops and unreadable folders."""
+    names: list[str] = []
+    for folder, suffix in ((FOLDER, ".safetensors"), ("loras", SUFFIX)):
+        for root in _roots(folder):
+            names += [n for n in walk_files(root, (suffix,)) if n not in names]
     return sorted(names)
 
 
 def resolve(name: str) -> str:
-    """Full path of a listed file (models/krona wins over loras for equal names)."""
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None and name.endswith(SUFFIX):
-        path = folder_paths.get_full_path("loras", name)
-    if path is None:
-        raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
-    return path
+    """Full path of a listed file (models/krona wins over loras for equal names): only names the
+    listing shows are read, so absolute paths and '..' never reach a file."""
+    for folder, suffix in ((FOLDER, ".safetensors"), ("loras", SUFFIX)):
+        for root in _roots(folder):
+            path = listed_path(root, name, (suffix,))
+            if path is not None:
+                return path
+    raise FileNotFoundError(f"KronA file {name!r} not found in models/{FOLDER} or in the loras folder")
 
 
 def fingerprint(name: str):
@@ -54,22 +60,21 @@ def fingerprint(name: str):
 def save_path(prefix: str) -> str:
     """models/krona/<prefix>_NNNNN.krona.safetensors with the next free counter.
 
-    The prefix may name subfolders but is confined to the krona folder: absolute paths,
-    drive letters and `..` are refused.
+    The prefix may name subfolders (created) but is confined to the krona folder by the pack's one
+    rule for names to write (`resolve_inside`: no absolute path, no '..', not out through a link).
     """
     cleaned = prefix.strip().replace("\\", "/")
     if not cleaned:
         raise ValueError("filename prefix is empty")
-    if cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned) or any(part in ("..", "") for part in cleaned.split("/")):
-        raise ValueError(f"filename prefix {prefix!r} must be a relative name inside models/{FOLDER} (no '..', no absolute path)")
     if cleaned.endswith(SUFFIX):
         cleaned = cleaned[: -len(SUFFIX)]
-    root = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
-    directory = os.path.realpath(os.path.join(root, os.path.dirname(cleaned)))
-    if os.path.commonpath([root, directory]) != root:
-        raise ValueError(f"filename prefix {prefix!r} leaves models/{FOLDER}")
+    root = folder_paths.get_folder_paths(FOLDER)[0]
+    try:
+        target = resolve_inside(root, cleaned + SUFFIX, (SUFFIX,), "filename prefix")
+    except PathRefused as exc:
+        raise ValueError(f"{exc} (models/{FOLDER})") from None
+    directory, stem = os.path.dirname(target), os.path.basename(target)[: -len(SUFFIX)]
     os.makedirs(directory, exist_ok=True)
-    stem = os.path.basename(cleaned)
     pattern = re.compile(re.escape(stem) + r"_(\d{5})" + re.escape(SUFFIX) + "$")
     used = [int(m.group(1)) for f in os.listdir(directory) if (m := pattern.match(f))]
     counter = max(used, default=0) + 1

@@ -1,4 +1,6 @@
-"""HTTP route for the web extension: GET /krona/info?name=<file> → base model and trigger words."""
+"""HTTP routes for the web extension: GET /krona/info?name=<file> → base model and trigger words
+of one listed file; GET /krona/info without a name → every listed file, each with its summary or
+its own error (one unreadable or malformed file never hides the others)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,14 @@ from ..krona_core.files.reader import read_summary
 from . import folders
 
 
+def summary(name: str) -> dict:
+    """{"file", summary…} or {"file", "error"} of one listed file."""
+    try:
+        return {"file": name, **read_summary(folders.resolve(name))}
+    except (KronAFileError, OSError) as exc:
+        return {"file": name, "error": str(exc)}
+
+
 def register() -> None:
     from server import PromptServer
 
@@ -16,10 +26,11 @@ def register() -> None:
 
     @routes.get("/krona/info")
     async def krona_info(request: web.Request) -> web.Response:
-        name = request.query.get("name", "")
-        if name not in folders.krona_files():  # only files the nodes list: no path tricks
+        listed = folders.krona_files()
+        name = request.query.get("name")
+        if name is None:
+            return web.json_response([summary(n) for n in listed])
+        if name not in listed:  # only files the nodes list: no path tricks
             return web.json_response({"error": f"no KronA file named {name!r}"}, status=404)
-        try:
-            return web.json_response(read_summary(folders.resolve(name)))
-        except (KronAFileError, FileNotFoundError) as exc:
-            return web.json_response({"error": str(exc)}, status=422)
+        found = summary(name)
+        return web.json_response(found, status=422 if "error" in found else 200)

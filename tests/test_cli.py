@@ -51,6 +51,6 @@ def test_info_refuses_bad_files_with_one_line(tmp_path, content):
     bad = tmp_path / "bad.krona.safetensors"
     bad.write_bytes(content)
     run = cli("info", str(bad), cwd=tmp_path)
-    assert run.returncode == 2
+    assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.krona.safetensors" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("krona: error: ") and "bad.krona.safetensors" in lines[0]

@@ -104,7 +104,7 @@ def test_two_cpu_processes_through_accelerate(tiny_base, images, tmp_path):
 def test_refusals_are_one_line(tmp_path, images):
     bad = run("-m", "krona_core", "train", "--base", str(tmp_path / "missing"), "--images", str(images),
               "--instance-prompt", "x", "--out", str(tmp_path / "x.krona.safetensors"), cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no such file or folder" in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "no such file or folder" in bad.stderr
     suffix = run("-m", "krona_core", "train", "--base", str(tmp_path), "--images", str(images),
                  "--instance-prompt", "x", "--out", str(tmp_path / "x.safetensors"), cwd=tmp_path)
     assert suffix.returncode != 0 and ".krona.safetensors" in suffix.stderr

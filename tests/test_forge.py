@@ -119,3 +119,40 @@ def test_a_failed_training_reports_its_reason_and_a_second_job_is_refused(forge,
         forge.post_json("/krona/v1/cancel", {})
         runner.join(timeout=900)
     assert first["cancelled"] and len(first["losses"]) < 400
+
+
+def test_hostile_api_requests_are_refused_without_side_effects(forge, files, tmp_path):
+    """Malformed or costly requests are 422 naming the field; convert never reads or writes outside
+    the models folders; the file listing survives a symlink loop and flags a broken file."""
+    from helpers.forge_server import ForgeRequestError
+
+    good = {"images_dir": str(files["images"]), "instance_prompt": "x"}
+    for payload in ([1, 2], {**good, "steps": "500"}, {**good, "steps": 10 ** 9}, {**good, "resolution": 100_000},
+                    {**good, "num_class_images": 10 ** 6}, {**good, "bogus": 1}, {"instance_prompt": "x"}):
+        with pytest.raises(ForgeRequestError) as info:
+            forge.post_json("/krona/v1/train", payload)
+        assert info.value.status == 422, (payload, info.value.body)
+    krona = forge.model_dir("krona")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (krona / "escape").symlink_to(outside)
+    (krona / "loop").symlink_to(".")
+    (krona / "broken.krona.safetensors").write_bytes(b"\x00" * 16)
+    try:
+        for payload in ({"src": "ownfolder.krona.safetensors", "dst": str(outside / "x.krona.safetensors")},
+                        {"src": "ownfolder.krona.safetensors", "dst": "../../x.krona.safetensors"},
+                        {"src": "ownfolder.krona.safetensors", "dst": "escape/x.krona.safetensors"},
+                        {"src": "ownfolder.krona.safetensors", "dst": "x.py"},
+                        {"src": "/etc/hostname", "dst": "y.krona.safetensors"}, {"src": "a"}):
+            with pytest.raises(ForgeRequestError) as info:
+                forge.post_json("/krona/v1/convert", payload)
+            assert info.value.status == 422, (payload, info.value.body)
+        assert not list(outside.iterdir()) and not (krona / "y.krona.safetensors").exists()
+        listed = {item["network"]: item for item in forge.get_json("/krona/v1/files")}
+        assert "error" in listed["broken.krona"] and listed["ownfolder.krona"]["modules"] > 0
+        report = forge.post_json("/krona/v1/convert", {"src": "ownfolder.krona.safetensors", "dst": "own-lora.safetensors",
+                                                       "to": "lora"})
+        assert "wrote" in report["report"] and (krona / "own-lora.safetensors").is_file()
+    finally:
+        for name in ("escape", "loop", "broken.krona.safetensors", "own-lora.safetensors"):
+            (krona / name).unlink(missing_ok=True)

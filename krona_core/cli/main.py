@@ -1,6 +1,8 @@
-"""Command line: `python -m krona_core <command>`.
+"""Command line: `python -m krona_core <command>` (or `krona <command>`).
 
-Every refused input exits non-zero with a one-line reason (no traceback).
+Exit status: 0 done, 2 a usage error (unknown flag, bad number: one line from the parser),
+1 refused input (a bad file, a missing folder, an unreadable path: one line `krona: error: …`),
+130 cancelled. No traceback reaches the user; KRONA_TRACEBACK=1 shows one for a bug report.
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ import math
 import os
 import sys
 
-from ..convert.errors import ConvertError
-from ..families import FamilyError
 from .. import families
-from ..files.model import SUFFIX, KronAFileError
+from ..files.model import SUFFIX
 from ..files.reader import read
-from ..naming.kohya import KeyMapError
-from ..train.diffusers_backend import BaseLoadError
-from ..train.job import JobError
+from ..util.text import printable
+from .args import PROG, REFUSED, USAGE_ERROR, Parser, UsageError, non_negative, positive
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -28,41 +27,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str = "") -> None:
+    print(printable(line))
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     if not args.file.endswith(SUFFIX):
         return _info_other(args)
     file = read(args.file)
-    if args.json:
+    if args.json:  # JSON escapes control characters itself
         shapes = {k: s.to_json() + list(s.kernel) for k, s in file.shapes().items()}
         print(json.dumps({"metadata": file.metadata, "modules": shapes}, indent=2))
         return 0
     meta = file.metadata
-    print(f"file:           {file.path}")
-    print(f"base model:     {file.base_model or 'unknown'}")
-    print(f"trigger words:  {', '.join(file.trigger_words) or '(none)'}")
-    print(f"networks:       {', '.join(file.networks())}")
-    print(f"modules:        {len(file.modules)}  ({file.num_parameters():,} parameters)")
+    _say(f"file:           {file.path}")
+    _say(f"base model:     {file.base_model or 'unknown'}")
+    _say(f"trigger words:  {', '.join(file.trigger_words) or '(none)'}")
+    _say(f"networks:       {', '.join(file.networks())}")
+    _say(f"modules:        {len(file.modules)}  ({file.num_parameters():,} parameters)")
     if file.training:
-        print(f"training:       {json.dumps(file.training, sort_keys=True)}")
-    print(f"format version: {meta.get('krona.format_version', '(plain LoKr file)')}")
-    print("\nmetadata:")
+        _say(f"training:       {json.dumps(file.training, sort_keys=True)}")
+    _say(f"format version: {meta.get('krona.format_version', '(plain LoKr file)')}")
+    _say()
+    _say("metadata:")
     for key in sorted(meta):
         if key in ("krona.factors", "ss_tag_frequency"):
             continue
         value = meta[key] if len(meta[key]) < 100 else meta[key][:97] + "..."
-        print(f"  {key} = {value}")
-    print()
+        _say(f"  {key} = {value}")
+    _say()
     name_width = min(max(len(k) for k in file.modules), 80)
-    print(f"{'module':<{name_width}}  {'w1':>10}  {'w2':>14}  {'|w1|':>9}  {'|w2|':>9}  {'|dW|':>9}")
+    _say(f"{'module':<{name_width}}  {'w1':>10}  {'w2':>14}  {'|w1|':>9}  {'|w2|':>9}  {'|dW|':>9}")
     for key in sorted(file.modules):
         w1, w2 = file.modules[key]
         n1, n2 = float(w1.float().norm()), float(w2.float().norm())
         # ‖A ⊗ B‖_F = ‖A‖_F · ‖B‖_F: the ΔW norm without materialising it
         shape2 = "×".join(str(d) for d in w2.shape)
-        print(f"{key[:name_width]:<{name_width}}  {'×'.join(map(str, w1.shape)):>10}  {shape2:>14}  "
-              f"{n1:9.4f}  {n2:9.4f}  {n1 * n2:9.4f}")
+        _say(f"{key[:name_width]:<{name_width}}  {'×'.join(map(str, w1.shape)):>10}  {shape2:>14}  "
+             f"{n1:9.4f}  {n2:9.4f}  {n1 * n2:9.4f}")
     total = math.sqrt(sum((float(w1.float().norm()) * float(w2.float().norm())) ** 2 for w1, w2 in file.modules.values()))
-    print(f"\ntotal ΔW norm (Frobenius over all modules): {total:.4f}")
+    _say()
+    _say(f"total ΔW norm (Frobenius over all modules): {total:.4f}")
     return 0
 
 
@@ -76,7 +81,8 @@ def _info_other(args: argparse.Namespace) -> int:
         print(json.dumps({"format": source.format, "base": source.base, "metadata": source.metadata,
                           "modules": module_rows(source)}, indent=2))
     else:
-        print(describe_source(source))
+        for line in describe_source(source).splitlines():
+            _say(line)
     return 0
 
 
@@ -87,13 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m krona_core", description="KronA (Kronecker-product) adapters for diffusion models")
+    parser = Parser(prog=PROG, description="KronA (Kronecker-product) adapters for diffusion models "
+                                           "(also run as `python -m krona_core`)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train, save, reload and check a KronA adapter on the embedded tiny default")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--steps", type=int, default=120)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=positive, default=120, help="training steps (default 120)")
+    demo.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     demo.set_defaults(func=cmd_demo)
 
     from .train import add_train_arguments
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file, or format and "
                                        "module kinds of any adapter file `convert` reads")
-    info.add_argument("file")
+    info.add_argument("file", help="a .krona.safetensors file, or any adapter file `convert` reads")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--base", choices=families.names(), default=None,
                       help="base model of a non-KronA file when it cannot be detected")
@@ -128,7 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly (Python's documented recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (KronAFileError, BaseLoadError, ConvertError, KeyMapError, FamilyError, JobError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return REFUSED
+    except UsageError as exc:
+        return _fail(str(exc), USAGE_ERROR)
+    except ModuleNotFoundError as exc:
+        return _fail(f"{exc.name} is not installed; the trainer needs the optional extra: "
+                     "pip install 'comfyui-krona[train]' (or pip install -r requirements-train.txt)")
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except ValueError as exc:  # the pack's refusals (KronAFileError, ConvertError, JobError, …)
+        return _fail(str(exc))
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("KRONA_TRACEBACK"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug: please report it; KRONA_TRACEBACK=1 shows "
+                     "the traceback)")
+
+
+def _fail(message: str, status: int = REFUSED) -> int:
+    lines = [line for line in str(message).splitlines() if line.strip()] or ["failed"]
+    print(f"{PROG}: error: {printable(' '.join(lines))}", file=sys.stderr)
+    return status

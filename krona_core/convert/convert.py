@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -147,9 +148,26 @@ class Report:
                           f"over {len(errors)} modules")
         self.lines += [f"  {err:.3e}  {name}" for name, err in worst if err > 0]
 
+    def factor_line(self, modules: dict[str, tuple[torch.Tensor, torch.Tensor]], asked: tuple[int, int] | None) -> None:
+        """The (a1, a2) each module got — the nearest divisors where the asked ones do not divide."""
+        used = Counter(tuple(w1.shape) for w1, _ in modules.values())
+        line = "factors (a1, a2): " + ", ".join(f"({a}, {b}) ×{n}" for (a, b), n in sorted(used.items()))
+        if asked is not None and set(used) != {asked}:
+            line += f" (asked {asked}; a layer takes the nearest factors that divide it)"
+        self.lines.append(line)
+
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+def check_output(path: str) -> None:
+    """Before any work: the output must be new, in a folder that exists."""
+    if os.path.lexists(path):
+        raise ConvertError(f"{path} exists; nothing was overwritten")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConvertError(f"{path}: the folder {folder} does not exist (or is not a folder)")
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, a1: int = 64, a2: int = 8,
@@ -164,8 +182,10 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
     target = to or ("krona" if dst.endswith(SUFFIX) else None)
     if target not in ("krona", "lora", "diff"):
         raise ConvertError(f"{dst}: choose the output kind (--to krona|lora|diff) or name the output *{SUFFIX}")
-    if os.path.exists(dst):
-        raise ConvertError(f"{dst} exists; nothing was overwritten")
+    check_output(dst)
+    for label, value in (("a1", a1), ("a2", a2), ("budget", budget), ("rank", rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConvertError(f"{label} must be a whole number ≥ 1, got {value!r}")
     dtype = torch.float32 if float32 else torch.float16
     if checkpoint is not None:
         from .merge import bind_base, checkpoint_naming
@@ -179,6 +199,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str | None 
         result = to_krona(source, a1, a2, budget, progress)
         write(dst, result.file.modules, result.file.metadata, dtype=dtype)
         report.error_lines(result.errors, result.total_error)
+        fitted = json.loads(result.file.metadata["krona.factors"])["rule"].get("mode") == "factors"
+        report.factor_line(result.file.modules, (a1, a2) if fitted else None)
         report.lines.append(f"wrote {dst}: {result.file.num_parameters():,} parameters")
     elif target == "lora":
         tensors, errors, total = to_lora(source, rank, progress)

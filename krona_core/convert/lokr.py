@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.limits import DeltaTooLarge, check_delta_shape
 from ..ops.matmul import materialise
 from ..ops.shapes import KronShape
 from .errors import ConvertError
 from .kinds import Kronecker, SourceModule
+from .reader_base import scalar
 
 FACTORS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 EXTRAS = ("alpha", "dora_scale", "row_offset")
@@ -36,7 +38,7 @@ Parts = dict[str, torch.Tensor]
 
 
 def _half(parts: Parts, index: int, name: str, path: str) -> tuple[torch.Tensor, int | None]:
-    """(w_index, its rank when decomposed)."""
+    """(w_index, its rank when decomposed); the product's size is checked before it is formed."""
     full, a, b = f"lokr_w{index}", f"lokr_w{index}_a", f"lokr_w{index}_b"
     if full in parts:
         return parts[full].double(), None
@@ -44,10 +46,23 @@ def _half(parts: Parts, index: int, name: str, path: str) -> tuple[torch.Tensor,
         raise ConvertError(f"{path}: module {name} lacks its {full} (or {a} + {b})")
     wa, wb = parts[a].double(), parts[b].double()
     if index == 2 and "lokr_t2" in parts:  # Tucker: w2[p, r, k, l] = Σ t2[i, j, k, l] · b[j, r] · a[i, p]
-        return torch.einsum("ijkl,jr,ip->prkl", parts["lokr_t2"].double(), wb, wa), wb.shape[0]
-    if wa.shape[-1] != wb.shape[0]:
+        t2 = parts["lokr_t2"].double()
+        if t2.dim() != 4 or wa.dim() != 2 or wb.dim() != 2 or t2.shape[:2] != (wa.shape[0], wb.shape[0]):
+            raise ConvertError(f"{path}: module {name}: lokr_t2 {list(t2.shape)}, {a} {list(wa.shape)} and {b} "
+                               f"{list(wb.shape)} are not a Tucker decomposition")
+        _bounded((wa.shape[1], wb.shape[1], *t2.shape[2:]), name, path)
+        return torch.einsum("ijkl,jr,ip->prkl", t2, wb, wa), wb.shape[0]
+    if wa.dim() != 2 or wb.dim() not in (2, 4) or wa.shape[-1] != wb.shape[0]:
         raise ConvertError(f"{path}: module {name}: {a} {list(wa.shape)} and {b} {list(wb.shape)} do not multiply")
+    _bounded((wa.shape[0], *wb.shape[1:]), name, path)
     return (wa @ wb.reshape(wb.shape[0], -1)).reshape(wa.shape[0], *wb.shape[1:]), wb.shape[0]
+
+
+def _bounded(shape: tuple[int, ...], name: str, path: str) -> None:
+    try:
+        check_delta_shape(shape, f"{path}: module {name}")
+    except DeltaTooLarge as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def lokr_factors(parts: Parts, name: str, path: str, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +72,12 @@ def lokr_factors(parts: Parts, name: str, path: str, scale: float | None = None)
     w2, dim2 = _half(parts, 2, name, path)
     if scale is None:
         dim = dim2 if dim2 is not None else dim1
-        scale = float(parts["alpha"]) / dim if dim is not None and "alpha" in parts else 1.0
-    if w1.dim() != 2 or w2.dim() not in (2, 4):
+        scale = scalar(parts["alpha"], name, "alpha", path) / dim if dim is not None and "alpha" in parts else 1.0
+    if "alpha" in parts:
+        scalar(parts["alpha"], name, "alpha", path)
+    if w1.dim() != 2 or w2.dim() not in (2, 4) or 0 in w1.shape or 0 in w2.shape:
         raise ConvertError(f"{path}: module {name}: w1 {list(w1.shape)} / w2 {list(w2.shape)} are not LoKr factors")
+    _bounded(KronShape.from_factors(w1.shape, w2.shape).weight_shape, name, path)
     return (w1 * scale).float(), w2.float()
 
 
@@ -68,6 +86,11 @@ def lokr_module(name: str, parts: Parts, path: str, scale: float | None = None) 
     w1, w2 = lokr_factors(parts, name, path, scale)
     window = _row_window(parts, w1, w2, name, path)
     if "dora_scale" in parts:
+        full = KronShape.from_factors(w1.shape, w2.shape).weight_shape
+        counts = {full[0], full[1], _window_shape(w1, w2, window)[0]}
+        if parts["dora_scale"].numel() not in counts:
+            raise ConvertError(f"{path}: module {name}: dora_scale {list(parts['dora_scale'].shape)} has neither one value "
+                               f"per output row nor one per input column of the {list(full)} weight")
         return DoRAKronecker(name, w1, w2, parts["dora_scale"].float(), window)
     if window is None:
         return Kronecker(name, w1, w2)
@@ -79,7 +102,7 @@ def _row_window(parts: Parts, w1: torch.Tensor, w2: torch.Tensor, name: str, pat
     `fused_qkv_row_offset`: q takes `in` rows at 0, k and v `(out − in) / 2` rows after it)."""
     if "row_offset" not in parts:
         return None
-    offset = int(parts["row_offset"].reshape(-1)[0])
+    offset = int(scalar(parts["row_offset"], name, "row_offset", path))
     out, inner = w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]
     kv = (out - inner) // 2
     windows = {0: inner, inner: kv, inner + kv: kv}

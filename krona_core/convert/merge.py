@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,9 +19,10 @@ from ..files.model import KronAFile
 from ..files.writer import build_metadata
 from ..naming.kohya import kohya_key, normalize_path, split_kohya_key
 from ..naming.unet import UNetKeyMap
+from ..ops.limits import DeltaTooLarge, check_delta_shape
 from ..ops.matmul import materialise
 from ..ops.shapes import KronShape, choose_shape
-from .convert import Conversion, ErrorTally, Progress, fit_kronecker
+from .convert import Conversion, ErrorTally, Progress, check_output, fit_kronecker
 from .errors import ConvertError
 from .kinds import Dense, Kronecker, SourceModule
 from .sources import Source, load_tensors
@@ -34,6 +36,7 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
     and each source's own record in the provenance. progress(done, total, module) per module."""
     if not files or len(files) != len(weights):
         raise ConvertError("merge needs files and as many weights")
+    _finite("weights", *weights)
     bases = {f.base_model for f in files if f.base_model}
     if len(bases) > 1:
         raise ConvertError(f"the files are for different base models: {sorted(bases)}")
@@ -54,6 +57,7 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
             modules[name] = (w1.float() * w, w2.float())
             tally.add(name, 0.0, float((w1.double() * w).norm() ** 2 * w2.double().norm() ** 2))
             continue
+        _bounded(shapes.pop(), name)
         dense = sum(w * materialise(w1.double(), w2.double()) for w, (w1, w2) in parts)
         first = parts[0][1]
         t1 = a1 if a1 is not None else first[0].shape[0]
@@ -67,6 +71,18 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
                               targets=list(dict.fromkeys(t for f in files for t in f.targets)),
                               factor_rule={"mode": "merge"}, provenance=_merged_from(files, weights, tally))
     return Conversion(KronAFile(f"<memory>/{title}", modules, metadata), errors, total)
+
+
+def _finite(what: str, *values: float) -> None:
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ConvertError(f"{what} must be finite numbers, got {', '.join(f'{float(v):g}' for v in values)}")
+
+
+def _bounded(shape, name: str, target=None) -> None:
+    try:
+        check_delta_shape(shape, name, target)
+    except DeltaTooLarge as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def _merged_from(files: Sequence[KronAFile], weights: Sequence[float], tally: ErrorTally) -> dict:
@@ -136,6 +152,7 @@ class _Checkpoint:
         if tuple(module.weight_shape[:2]) != tuple(weight.shape[:2]):
             raise ConvertError(f"{name}: the adapter gives {list(module.weight_shape)}, the checkpoint weight is "
                                f"{list(weight.shape)}")
+        _bounded(module.weight_shape, name, weight.shape)  # the real weight bounds ΔW, before it is formed
         return weight
 
     def add(self, name: str, delta: torch.Tensor) -> None:
@@ -175,11 +192,13 @@ def merge_into_checkpoint(checkpoint: str | os.PathLike, adapter: KronAFile | So
     trainer, DoRA-LoKr applied as the hosts apply it, LoRA) into a single-file (ldm/SGM)
     checkpoint, written to a new file."""
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
-    if os.path.exists(out):
-        raise ConvertError(f"{out}: already exists; nothing was overwritten")
+    _finite("strength", strength)
+    check_output(out)
     ckpt = _Checkpoint(checkpoint, adapter)
     modules = _modules_of(adapter)
     ckpt.check_names(adapter, modules)
+    for name, module in modules.items():  # every module's weight before any ΔW is formed
+        ckpt.weight(name, module)
     for index, (name, module) in enumerate(sorted(modules.items())):
         weight = ckpt.weight(name, module)
         ckpt.add(name, module.delta_on(weight.float()).float() * strength)
@@ -200,6 +219,7 @@ def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: f
     from safetensors.torch import save_file
 
     folder, out = Path(folder), Path(out)
+    _finite("strength", strength)
     if out.exists():
         raise ConvertError(f"{out}: already exists; nothing was overwritten")
     by_network: dict[str, dict[str, tuple]] = {}
@@ -229,6 +249,7 @@ def merge_into_diffusers(folder: str | os.PathLike, file: KronAFile, strength: f
                 if name not in table:
                     raise ConvertError(f"{file.path}: {name} has no weight in {weights[0]}")
                 key = table[name] + ".weight"
+                _bounded(KronShape.from_factors(w1.shape, w2.shape).weight_shape, name, tensors[key].shape)
                 delta = materialise(w1.float(), w2.float()) * strength
                 tensors[key] = _add(tensors[key], delta, None, False)
                 if progress:

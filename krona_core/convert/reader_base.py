@@ -56,3 +56,10 @@ class Reader(ABC):
 def need_parts(parts: Parts, names: tuple[str, ...], module: str, path: str, what: str) -> None:
     if not all(n in parts for n in names):
         raise ConvertError(f"{path}: module {module} lacks {what}")
+
+
+def scalar(tensor: torch.Tensor, module: str, part: str, path: str) -> float:
+    """The value of a one-element tensor (alpha, row_offset), refused when it is not one."""
+    if tensor.numel() != 1:
+        raise ConvertError(f"{path}: module {module}: {part} must be a single value, got shape {list(tensor.shape)}")
+    return float(tensor.reshape(-1)[0])

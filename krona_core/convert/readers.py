@@ -8,6 +8,7 @@ modules the kohya way through the base model's family (`krona_core.families`), n
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Mapping
 
@@ -19,13 +20,17 @@ from .errors import ConvertError
 from .kinds import Dense, LowRank, Official, SourceModule
 from .lokr import PARTS as LOKR_PARTS
 from .lokr import lokr_module
-from .reader_base import KOHYA_NAME, Parts, Reader, need_parts
+from .reader_base import KOHYA_NAME, Parts, Reader, need_parts, scalar
 from .peft_lokr import PeftLoKrReader
 
-def lora_module(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None) -> LowRank:
+def lora_module(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None, path: str) -> LowRank:
     """ΔW = up · down · alpha / rank as a LowRank module (the scale baked into up)."""
-    rank = down.shape[0]
-    scale = float(alpha) / rank if alpha is not None else 1.0
+    rank = down.shape[0] if down.dim() else 0
+    if (down.dim() not in (2, 4) or up.dim() not in (2, 4) or up.shape[1] != rank or rank == 0
+            or math.prod(up.shape[2:]) != 1):
+        raise ConvertError(f"{path}: module {name}: lora_down {list(down.shape)} and lora_up {list(up.shape)} are not "
+                           "a LoRA pair (down (rank, in[, k, k]), up (out, rank))")
+    scale = scalar(alpha, name, "alpha", path) / rank if alpha is not None else 1.0
     kernel = tuple(down.shape[2:]) if down.dim() == 4 else ()
     shape = (up.shape[0], down.shape[1], *kernel)
     return LowRank(name, up.reshape(up.shape[0], rank).float() * scale, down.reshape(rank, -1).float(), shape)
@@ -111,7 +116,7 @@ class KohyaLoRAReader(Reader):
         need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
         if "lora_mid.weight" in parts:
             raise ConvertError(f"{path}: {name}: LoCon Tucker (lora_mid) modules are not supported; convert them without --cp")
-        return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
+        return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"), path)
 
 
 class DenseReader(Reader):
@@ -136,7 +141,7 @@ class ComfyLoRAReader(Reader):
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
         need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
-        return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"))
+        return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"), path)
 
 
 
@@ -175,6 +180,9 @@ class OfficialReader(Reader):
 
     def module(self, name: str, parts: Parts, path: str) -> Official:
         need_parts(parts, ("down", "up"), name, path, "its down or up weight")
+        if parts["down"].dim() != 2 or parts["up"].dim() != 2:
+            raise ConvertError(f"{path}: module {name}: official down {list(parts['down'].shape)} / up "
+                               f"{list(parts['up'].shape)} must be 2-D")
         return Official(name, parts["down"].float(), parts["up"].float())
 
 
@@ -203,7 +211,7 @@ class PeftLoRAReader(Reader):
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
         need_parts(parts, ("down", "up"), name, path, "its lora_A/lora_B (down/up) weights")
-        return lora_module(name, parts["down"], parts["up"], parts.get("alpha"))
+        return lora_module(name, parts["down"], parts["up"], parts.get("alpha"), path)
 
 
 

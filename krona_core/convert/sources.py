@@ -12,25 +12,67 @@ import torch
 
 from .. import families
 from ..families import FamilyError
-from ..files.model import split_trigger_words
+from ..files.header import FLOAT_DTYPES, Header, decode, file_size, parse_header, read_header
+from ..files.model import KronAFileError, split_trigger_words
+from ..files.reader import MAX_FILE_BYTES, check_metadata, factor_shapes
 from ..naming.unet import UNetKeyMap
+from ..ops.limits import DeltaTooLarge, check_delta_shape
 from .errors import ConvertError
 from .kinds import SourceModule
 from .readers import LoKrReader, lokr_format, reader_for
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and metadata of a .safetensors file (never pickle)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = os.fspath(path)
+def _validated_header(path: str) -> Header:
     if not path.endswith(".safetensors"):
         raise ConvertError(f"{path}: only .safetensors files are read (never pickle)")
     try:
+        return read_header(path)
+    except KronAFileError as exc:
+        raise ConvertError(str(exc)) from None
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and metadata of a .safetensors file such as a checkpoint (never pickle), its
+    header validated first by the one header parser (`files/header.py`)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    header = _validated_header(path)
+    try:
         with safe_open(path, "pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(header.metadata)
     except (SafetensorError, OSError) as exc:
         raise ConvertError(f"{path}: cannot read as safetensors ({exc})") from None
+
+
+def load_adapter_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an adapter file, validated as `load` validates a .krona file:
+    the header (`files/header.py`), the pack's `krona.*` metadata, float factors (integers only for
+    `row_offset`), every value finite, at most MAX_FILE_BYTES."""
+    path = os.fspath(path)
+    header = _validated_header(path)
+    try:
+        check_metadata(header.metadata, factor_shapes(header.entries), path)
+        if file_size(path) > MAX_FILE_BYTES:
+            raise KronAFileError(path, f"file is over the {MAX_FILE_BYTES:,}-byte limit for an adapter")
+        with open(path, "rb") as fh:
+            data = fh.read()
+        parsed = parse_header(data, path)
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except KronAFileError as exc:
+        raise ConvertError(str(exc)) from None
+    tensors = {}
+    for key, entry in parsed.entries.items():
+        integer = key.endswith(".row_offset")
+        if (entry.dtype not in FLOAT_DTYPES) != integer or (integer and entry.dtype in ("BOOL", "F8_E4M3", "F8_E5M2")):
+            expected = "an integer" if integer else "a float (F16, BF16, F32, F64)"
+            raise ConvertError(f"{path}: key {key!r}: dtype {entry.dtype} where {expected} tensor is expected")
+        tensor = decode(data, parsed, entry)
+        if not integer and not bool(torch.isfinite(tensor).all()):
+            raise ConvertError(f"{path}: key {key!r}: contains NaN or infinite values")
+        tensors[key] = tensor
+    return tensors, dict(parsed.metadata)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -65,10 +107,15 @@ def read_source(path: str | os.PathLike, base: str | None = None, unet_map: UNet
     UNet layout of the model the file is for (`unet_map`, default the family's real one).
     """
     path = os.fspath(path)
-    tensors, metadata = load_tensors(path)
+    tensors, metadata = load_adapter_tensors(path)
     reader = reader_for(tensors, path)
     family = _family(base, path) if base else families.find(metadata.get("krona.base_model"))
     raw = reader.read(tensors, path, metadata)
+    for (_, name), module in raw.items():
+        try:
+            check_delta_shape(module.weight_shape, f"{path}: module {name}")
+        except DeltaTooLarge as exc:
+            raise ConvertError(str(exc)) from None
     shapes = {name: module.weight_shape for (_, name), module in raw.items()}
     if reader.needs_family:
         if family is None:

@@ -177,6 +177,23 @@ def save(
     return write(path, file.modules, file.metadata, dtype=dtype, overwrite=overwrite)
 
 
+#: keys any family's metadata() may set, reserved to the pack even on files of no known base
+_FAMILY_KEYS = {key for family in families.FAMILIES for key in family.metadata()}
+#: what a user's own metadata may set among the keys the pack writes
+USER_KEYS = ("modelspec.author", "modelspec.description")
+
+
+def _check_user_keys(extra: Mapping[str, str], owned: set[str], path) -> None:
+    """A user's metadata may add keys, never replace the pack's own (`krona.*`, the kohya and
+    modelspec keys it writes, hashes): such a file would be refused or misdescribe itself."""
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise KronAFileError(path, "user metadata must map strings to strings", str(key))
+        if key not in USER_KEYS and (key.startswith("krona.") or key.startswith("sshs_") or key in owned):
+            raise KronAFileError(path, "is written by ComfyUI-KronA itself and cannot be set in user metadata "
+                                       f"(allowed: new keys, {', '.join(USER_KEYS)})", key)
+
+
 def write_file(
     path: str | os.PathLike,
     file: KronAFile,
@@ -211,6 +228,7 @@ def write_file(
         description=old.get("modelspec.description"),
     )
     regenerated = {"sshs_model_hash", "sshs_legacy_hash", "ss_tag_frequency", "modelspec.trigger_phrase"}
+    _check_user_keys(extra or {}, set(rebuilt) | regenerated | _FAMILY_KEYS, path)
     kept = {k: v for k, v in old.items() if k not in rebuilt and k not in regenerated}
     metadata = {**kept, **rebuilt, **dict(extra or {})}
     return write(path, file.modules, metadata, dtype=dtype, overwrite=overwrite)

@@ -80,6 +80,10 @@ class JobSpec:
             problems.append(f"{self.out}: the output name must end with {SUFFIX}")
         elif self.out is not None and os.path.exists(self.out) and not self.overwrite:
             problems.append(f"{self.out} exists; choose another name or allow overwriting")
+        elif self.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(self.out))):
+            problems.append(f"{self.out}: its folder does not exist")
+        elif self.out is not None and not os.access(os.path.dirname(os.path.abspath(self.out)), os.W_OK):
+            problems.append(f"{self.out}: its folder is not writable")
         if self.resume_from is not None and not os.path.isfile(self.resume_from):
             problems.append(f"{self.resume_from}: no such checkpoint to resume from")
         try:
@@ -214,7 +218,9 @@ def _class_examples(denoiser: Denoiser, spec: JobSpec, config: TrainConfig, exam
 def _finish(spec: JobSpec, result: TrainResult, examples: list[Example], stem: str | None,
             preview_paths: list[str]) -> JobResult:
     words = split_trigger_words(spec.trigger_words if spec.trigger_words is not None else spec.instance_prompt)
-    file = from_handles(result.handles, title=spec.title, trigger_words=words, training={**result.record, **spec.record})
+    used = sorted({tuple(w1.shape) for h in result.handles for w1, _ in h.factors().values()})
+    training = {**result.record, "factors_used": [list(u) for u in used], **spec.record}  # a1/a2 as each layer allowed
+    file = from_handles(result.handles, title=spec.title, trigger_words=words, training=training)
     curve = loss_curve(result.losses, title=f"{spec.title}: loss per step", markers=[s for s, _ in result.checkpoints])
     job = JobResult(file, result, examples, curve, preview_paths=preview_paths)
     if stem is not None:
