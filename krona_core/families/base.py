@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+import torch
+
 from ..naming.clip import WeightSlot
 
 Shapes = Mapping[str, Sequence[int]]
@@ -94,6 +96,12 @@ class Family(ABC):
         """The diffusion model's block-layout map read off its module names, where the family's
         naming depends on the layout (the SD UNets' diffusers ↔ ldm map); None where it does not."""
         return None
+
+    def weight_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+        """{module path: weight shape} of the layers an adapter of this family sits on (Linear and
+        ungrouped Conv2d of a model of this family; the transformer families' fused weights)."""
+        return {n: tuple(m.weight.shape) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)}
 
     @property
     def recipe(self) -> Recipe:

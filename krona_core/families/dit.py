@@ -155,7 +155,7 @@ class DiTFamily(Family):
         with torch.device(device):
             return cls(**{**self.diffusers_config, **overrides})
 
-    def original_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
         """{original path: weight shape} of every Linear of a diffusers transformer of this family,
         fused weights assembled from their parts (the weights ComfyUI's model has)."""
         rows: dict[str, dict[int, tuple[int, int]]] = {}
