@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers.krona_files import checkpoint_shapes, random_dit_krona
 from helpers.tiny_comfy import cache_dir
-from helpers.tiny_dit import CONFIGS, write_tiny_dit
+from helpers.tiny_dit import CONFIGS, MAP_CONFIGS, comfy_diffusers_maps, write_tiny_dit
 from krona_core import families
 from krona_core.convert.merge import merge_into_checkpoint
 from krona_core.files.reader import read
+from krona_core.naming.kohya import KeyMapError
 
 pytestmark = pytest.mark.comfy
 
@@ -124,3 +127,35 @@ def test_merged_checkpoint_equals_apply(comfy_server, prepared, family, tmp_path
     merged = latent(comfy_server, graph(out.name, family))
     applied = latent(comfy_server, graph(model.name, family, (apply(krona.name),)))
     assert np.abs(merged - applied).max() <= 1e-4 * max(1.0, float(np.abs(applied).max()))
+
+
+#: the modulations whose (shift, scale) halves ComfyUI swaps (in one block or all): refused, never misnamed
+REFUSED = {"flux1": {"norm_out.linear.weight"},
+           "sd3": {"norm_out.linear.weight", "transformer_blocks.N.norm1_context.linear.weight"}}
+
+
+@pytest.mark.parametrize("family", sorted(MAP_CONFIGS))
+def test_diffusers_names_equal_comfyuis_own_map(comfy_server, family, tmp_path):
+    """The pack's diffusers → original rules against ComfyUI's own (comfy.utils.flux_to_diffusers,
+    mmdit_to_diffusers) on the real model's config: every Linear weight either maps to the same
+    ComfyUI key and rows, or — where ComfyUI rewrites the values (swapped adaLN halves) — is refused."""
+    maps = comfy_diffusers_maps(comfy_server.comfyui_path, tmp_path)[family]
+    fam = families.get(family)
+    model = fam.build_unet()
+    linear = {n + ".weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    original = fam.weight_shapes(model)
+    checked, refused = 0, set()
+    for key, (target, rows) in maps.items():
+        if key not in linear:
+            continue  # biases, norms, convs: not adapter targets
+        try:
+            path, part = fam.original_path(key.removesuffix(".weight"))
+        except KeyMapError:
+            refused.add(re.sub(r"\.\d+\.", ".N.", key))
+            continue
+        assert rows != "transformed", f"{key}: ComfyUI rewrites its values, the pack must refuse it"
+        assert path + ".weight" == target, key
+        assert (part is None) if rows is None else (part is not None and list(part.rows(original[path][0])) == rows), key
+        checked += 1
+    assert refused == REFUSED[family]
+    assert checked >= 0.9 * len(linear), f"{checked} of {len(linear)} Linear weights are in ComfyUI's map"

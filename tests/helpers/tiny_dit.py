@@ -70,6 +70,38 @@ def _build(family: str, seed: int):
     return sd, type(model_config).__name__
 
 
+#: real-size configs for ComfyUI's own diffusers → original maps (comfy.utils.*_to_diffusers)
+MAP_CONFIGS = {
+    "flux1": ("flux_to_diffusers", {"depth": 19, "depth_single_blocks": 38, "hidden_size": 3072}),
+    "sd3": ("mmdit_to_diffusers", {"depth": 38, "num_blocks": 38}),
+}
+
+
+def dump_maps(out: str) -> None:
+    """ComfyUI's own diffusers → original key maps as JSON: {family: {diffusers key: [key, rows]}}
+    (rows: [start, size] of a fused weight, or "transformed" where ComfyUI rewrites the values)."""
+    import json
+
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.utils
+
+    maps = {}
+    for family, (function, config) in MAP_CONFIGS.items():
+        entries = {}
+        for key, to in getattr(comfy.utils, function)(config).items():
+            if isinstance(to, str):
+                entries[key] = [to, None]
+            elif len(to) == 2:
+                entries[key] = [to[0], list(to[1][1:])]
+            else:
+                entries[key] = [to[0], "transformed"]
+        maps[family] = entries
+    with open(out, "w") as fh:
+        json.dump(maps, fh)
+
+
 def main(family: str, out: str, seed: str, dtype: str) -> None:
     import torch
     from safetensors.torch import save_file
@@ -78,20 +110,37 @@ def main(family: str, out: str, seed: str, dtype: str) -> None:
     save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()}, out, {"comfy_model": name})
 
 
-def write_tiny_dit(comfyui: Path, family: str, out: Path, seed: int = 0, dtype: str = "float32") -> Path:
-    """Write the tiny `family` model to `out` (a new file) with the ComfyUI checkout at `comfyui`."""
+def _in_host(comfyui: Path, arguments: list[str], cwd: Path, what: str) -> None:
+    """Run this file with `arguments` in the tests' interpreter, the ComfyUI checkout on its path."""
     from .host_process import HOST_STUBS, torchvision_importable
 
     paths = [str(comfyui)] + ([] if torchvision_importable() else [str(HOST_STUBS)])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
-    tmp = out.with_name(out.name + ".part")
-    done = subprocess.run([sys.executable, __file__, family, str(tmp), str(seed), dtype], env=env, cwd=str(out.parent),
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, __file__, *arguments], env=env, cwd=str(cwd), capture_output=True, text=True,
+                          timeout=900)
     if done.returncode != 0:
-        raise RuntimeError(f"tiny {family} model: {done.stderr[-3000:]}")
+        raise RuntimeError(f"{what}: {done.stderr[-3000:]}")
+
+
+def write_tiny_dit(comfyui: Path, family: str, out: Path, seed: int = 0, dtype: str = "float32") -> Path:
+    """Write the tiny `family` model to `out` (a new file) with the ComfyUI checkout at `comfyui`."""
+    tmp = out.with_name(out.name + ".part")
+    _in_host(comfyui, [family, str(tmp), str(seed), dtype], out.parent, f"tiny {family} model")
     tmp.rename(out)
     return out
 
 
+def comfy_diffusers_maps(comfyui: Path, folder: Path) -> dict:
+    """`dump_maps` of the ComfyUI checkout at `comfyui`."""
+    import json
+
+    out = folder / "maps.json"
+    _in_host(comfyui, ["--maps", str(out)], folder, "ComfyUI's diffusers maps")
+    return json.loads(out.read_text())
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "--maps":
+        dump_maps(sys.argv[2])
+    else:
+        main(*sys.argv[1:])
