@@ -92,6 +92,11 @@ class Family(ABC):
     def matches_ss(self, ss_base_model_version: str) -> bool:
         """Whether a kohya `ss_base_model_version` string names this family."""
 
+    def fused_part(self, network: str, module_path: str):
+        """(kohya name of the fused weight, its `naming.dit.Part`) when the module is a row slice of
+        a fused weight of this family (a diffusers to_q of Flux's qkv); None when it is a whole weight."""
+        return None
+
     def layout_map(self, names: Iterable[str]):
         """The diffusion model's block-layout map read off its module names, where the family's
         naming depends on the layout (the SD UNets' diffusers ↔ ldm map); None where it does not."""
