@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from helpers.krona_files import checkpoint_shapes, random_dit_krona
 from helpers.tiny_dit import MAP_CONFIGS, cached_tiny_dit, comfy_diffusers_maps
@@ -89,6 +90,8 @@ def prepared(comfy_server, tmp_path_factory):
 def test_apply_equals_loraloader_and_bypass_equals_merge(comfy_server, prepared, family):
     model, krona = prepared(family)
     assert families.detect(checkpoint_shapes(model)) is families.get(family)  # ComfyUI's own names and shapes
+    with safe_open(str(model), "pt") as fh:  # the model_config class ComfyUI's detection read the file as
+        assert families.for_comfy_model(fh.metadata()["comfy_model"]) is families.get(family)
     file = read(krona)
     assert file.base_model == family and file.metadata["modelspec.architecture"].endswith("/lora")
     log_start = len(comfy_server.log_text())
