@@ -19,7 +19,7 @@ from ..files.model import KronAFile
 from ..files.writer import build_metadata
 from ..naming.kohya import kohya_key, normalize_path, split_kohya_key
 from ..naming.unet import UNetKeyMap
-from ..ops.limits import DeltaTooLarge, check_delta_shape
+from ..ops.limits import MAX_DELTA_ELEMENTS, DeltaTooLarge, check_delta_shape
 from ..ops.matmul import materialise
 from ..ops.shapes import KronShape, choose_shape
 from .convert import Conversion, ErrorTally, Progress, check_output, fit_kronecker
@@ -41,6 +41,7 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
     if len(bases) > 1:
         raise ConvertError(f"the files are for different base models: {sorted(bases)}")
     names = sorted({n for f in files for n in f.modules})
+    limit = families.delta_limit(next(iter(bases), None))
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     tally = ErrorTally()
     for index, name in enumerate(names):
@@ -57,7 +58,7 @@ def merge_files(files: Sequence[KronAFile], weights: Sequence[float], a1: int | 
             modules[name] = (w1.float() * w, w2.float())
             tally.add(name, 0.0, float((w1.double() * w).norm() ** 2 * w2.double().norm() ** 2))
             continue
-        _bounded(shapes.pop(), name)
+        _bounded(shapes.pop(), name, limit=limit)
         dense = sum(w * materialise(w1.double(), w2.double()) for w, (w1, w2) in parts)
         first = parts[0][1]
         t1 = a1 if a1 is not None else first[0].shape[0]
@@ -78,9 +79,9 @@ def _finite(what: str, *values: float) -> None:
         raise ConvertError(f"{what} must be finite numbers, got {', '.join(f'{float(v):g}' for v in values)}")
 
 
-def _bounded(shape, name: str, target=None) -> None:
+def _bounded(shape, name: str, target=None, limit: int = MAX_DELTA_ELEMENTS) -> None:
     try:
-        check_delta_shape(shape, name, target)
+        check_delta_shape(shape, name, target, limit)
     except DeltaTooLarge as exc:
         raise ConvertError(str(exc)) from None
 

@@ -17,7 +17,7 @@ from ..files.model import KronAFileError, split_trigger_words
 from ..files.reader import MAX_FILE_BYTES, check_metadata, factor_shapes
 from ..naming.kohya import KeyMapError
 from ..naming.unet import UNetKeyMap
-from ..ops.limits import DeltaTooLarge, check_delta_shape
+from ..ops.limits import MAX_DELTA_ELEMENTS, DeltaTooLarge, check_delta_shape
 from .errors import ConvertError
 from .kinds import Dense, SourceModule
 from .readers import LoKrReader, lokr_format, reader_for
@@ -112,22 +112,22 @@ def read_source(path: str | os.PathLike, base: str | None = None, unet_map: UNet
     reader = reader_for(tensors, path)
     family = _family(base, path) if base else families.find(metadata.get("krona.base_model"))
     raw = reader.read(tensors, path, metadata)
+    shapes = {name: module.weight_shape for (_, name), module in raw.items()}
+    if family is None:
+        family = families.detect(shapes)  # from the shapes alone: nothing is materialised yet
+    limit = families.delta_limit(family)
     for (_, name), module in raw.items():
         try:
-            check_delta_shape(module.weight_shape, f"{path}: module {name}")
+            check_delta_shape(module.weight_shape, f"{path}: module {name}", limit=limit)
         except DeltaTooLarge as exc:
             raise ConvertError(str(exc)) from None
-    shapes = {name: module.weight_shape for (_, name), module in raw.items()}
     if reader.needs_family:
-        if family is None:
-            family = families.detect(shapes)
         if family is None:
             raise ConvertError(f"{path}: cannot tell the base model from the cross-attention widths; pass --base "
                                f"{', '.join(families.names())}")
         modules = _named(raw, reader, family, unet_map, path)
     else:
         modules = {name: module for (_, name), module in raw.items()}
-        family = family or families.detect(shapes)
     fmt = lokr_format(tensors) if type(reader) is LoKrReader else reader.format
     return Source(path, fmt, family.name if family else None, modules, metadata, sha256_file(path))
 
@@ -146,11 +146,12 @@ def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | No
         except KeyMapError as exc:
             raise ConvertError(f"{path}: module {name!r}: {exc}") from None
         modules[kohya] = dataclasses.replace(module, name=kohya)
-    modules.update({name: fused_module(name, found, path) for name, found in parts.items()})
+    limit = families.delta_limit(family)
+    modules.update({name: fused_module(name, found, path, limit) for name, found in parts.items()})
     return modules
 
 
-def fused_module(name: str, parts: list, path: str) -> Dense:
+def fused_module(name: str, parts: list, path: str, limit: int = MAX_DELTA_ELEMENTS) -> Dense:
     """The ΔW of a fused weight (Flux's qkv, linear1) from the modules of its row parts — diffusers
     to_q / to_k / to_v / proj_mlp in another trainer's file — stacked in the fused order, the parts
     the file does not adapt left zero: the one weight a KronA module adapts (`families.dit`)."""
@@ -161,7 +162,12 @@ def fused_module(name: str, parts: list, path: str) -> Dense:
         raise ConvertError(f"{path}: the parts of {name} have inconsistent shapes "
                            f"{sorted(tuple(m.weight_shape) for _, m in parts)}")
     unit = units.pop()
-    dense = torch.zeros(unit * sum(sizes), *columns.pop(), dtype=torch.float64)
+    shape = (unit * sum(sizes), *columns.pop())
+    try:
+        check_delta_shape(shape, f"{path}: fused module {name}", limit=limit)
+    except DeltaTooLarge as exc:
+        raise ConvertError(str(exc)) from None
+    dense = torch.zeros(*shape, dtype=torch.float64)
     for part, module in parts:
         start, size = part.rows(unit * sum(sizes))
         dense[start:start + size] = module.dense().reshape(size, *dense.shape[1:])

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pkgutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..ops.limits import MAX_DELTA_ELEMENTS
 from .base import GENERIC_RECIPE, Family, FamilyError, Match, Recipe
 
 
@@ -30,6 +32,15 @@ def _discover() -> tuple[Family, ...]:
 
 
 FAMILIES: tuple[Family, ...] = _discover()
+
+
+def delta_limit(family: Family | str | None) -> int:
+    """Elements one dense ΔW of a file for `family` (a Family, its name, or None) may hold: the
+    stated bound of ops.limits, raised to the family's largest real weight where that is larger."""
+    if isinstance(family, str):
+        family = find(family)
+    largest = math.prod(family.largest_weight) if family is not None and family.largest_weight else 0
+    return max(MAX_DELTA_ELEMENTS, largest)
 
 
 def names() -> tuple[str, ...]:

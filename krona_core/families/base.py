@@ -57,6 +57,9 @@ class Family(ABC):
     default_targets: str
     priority: int  # tie-break between equally strong matches (lower wins)
     comfy_model_types: frozenset[str]  # ComfyUI model_config class names of this family
+    #: the real model's largest adaptable weight where it exceeds ops.limits.MAX_DELTA_ELEMENTS
+    #: (FLUX.2's fused linear1, Wan 14B's time projection), else () — the bound a file of the family gets
+    largest_weight: tuple[int, ...] = ()
 
     @property
     @abstractmethod

@@ -68,6 +68,7 @@ class DiTFamily(Family):
     default_crop: str = "random"
     default_targets: str = "attn"
     latent_channels: int = 16
+    largest_weight: tuple[int, ...] = ()
 
     # -- structure
     @property

@@ -38,4 +38,5 @@ FAMILY = DiTFamily(
                       "modelspec.resolution": "1024x1024"},
     ss_prefix="flux2",
     latent_channels=32,
+    largest_weight=(55296, 6144),  # single_blocks.N.linear1: q, k, v + gated MLP input, 6144 wide
 )

@@ -39,4 +39,5 @@ FAMILY = DiTFamily(
                       "modelspec.resolution": "832x480"},
     ss_prefix="wan",
     default_resolution=832,
+    largest_weight=(30720, 5120),  # 14B: time_projection.1 (6 × 5120); ffn.0 is 13824 × 5120
 )

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..ops.limits import MAX_DELTA_ELEMENTS
+from ..families import delta_limit
 from .header import FLOAT_DTYPES, Entry, decode, file_size, parse_header, read_header
 from .model import FORMAT_VERSION, KronAFile, KronAFileError
 
@@ -56,7 +56,7 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any]:
     read): for UIs that list files. Same validation of the header and metadata as `read`."""
     path = os.fspath(path)
     header = read_header(path)
-    groups = _group_modules(header.entries, path)
+    groups = _group_modules(header.entries, path, delta_limit(header.metadata.get("krona.base_model")))
     check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
     file = KronAFile(path, {}, header.metadata)
     return {"name": file.name, "base_model": file.base_model, "trigger_words": file.trigger_words,
@@ -66,7 +66,7 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any]:
 def parse(data: bytes, path: str | os.PathLike | None = None) -> KronAFile:
     """Validate and decode the bytes of a file (see `read`)."""
     header = parse_header(data, path)
-    groups = _group_modules(header.entries, path)
+    groups = _group_modules(header.entries, path, delta_limit(header.metadata.get("krona.base_model")))
     check_metadata(header.metadata, {m: (p["lokr_w1"].shape, p["lokr_w2"].shape) for m, p in groups.items()}, path)
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
@@ -84,7 +84,7 @@ def _finite(tensor: torch.Tensor, entry: Entry, path) -> torch.Tensor:
     return tensor
 
 
-def _group_modules(entries: Mapping[str, Entry], path) -> dict[str, dict[str, Entry]]:
+def _group_modules(entries: Mapping[str, Entry], path, limit: int) -> dict[str, dict[str, Entry]]:
     groups: dict[str, dict[str, Entry]] = {}
     for key, entry in entries.items():
         match = KEY.fullmatch(key)
@@ -113,9 +113,9 @@ def _group_modules(entries: Mapping[str, Entry], path) -> dict[str, dict[str, En
             if 0 in shape:
                 raise KronAFileError(path, f"empty factor (shape {list(shape)})", f"{module}.{part}")
         weight_elements = w1_shape[0] * w2_shape[0] * w1_shape[1] * w2_shape[1] * math.prod(w2_shape[2:])
-        if weight_elements > MAX_DELTA_ELEMENTS:
+        if weight_elements > limit:
             raise KronAFileError(path, f"factors {list(w1_shape)} ⊗ {list(w2_shape)} describe a {weight_elements:,}-element "
-                                       f"weight, over the limit of {MAX_DELTA_ELEMENTS:,} for one layer", f"{module}.lokr_w1")
+                                       f"weight, over the limit of {limit:,} for one layer of its base", f"{module}.lokr_w1")
         if "alpha" in parts and parts["alpha"].numel != 1:
             raise KronAFileError(path, f"alpha must be a scalar, got shape {list(parts['alpha'].shape)}", f"{module}.alpha")
     return groups
