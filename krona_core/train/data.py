@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import draw_seed
-from .denoiser import Denoiser, SizeInfo
+from .denoiser import Cond, Denoiser, SizeInfo
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Example:
     prompt: str
     size: SizeInfo
     is_class: bool = False
+    cond: Cond | None = None  # precomputed conditioning (batch of 1): trains on it instead of encoding `prompt`
 
 
 def buckets_for(resolution: int, step: int = 64, max_aspect: float = 2.0) -> list[tuple[int, int]]:
@@ -114,6 +115,10 @@ def dataset_hash(examples: Sequence[Example]) -> str:
     for ex in examples:
         digest.update(ex.prompt.encode())
         digest.update(ex.latent.numpy().astype("float32").tobytes())
+        for key, value in sorted((ex.cond or {}).items()):
+            digest.update(key.encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 

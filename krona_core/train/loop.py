@@ -107,6 +107,9 @@ def fit(
     config.validate()
     if not examples:
         raise ValueError("no training examples")
+    if any(ex.cond is not None for ex in examples) and (config.captions.varies or config.train_text_encoder):
+        raise ValueError("examples with precomputed conditioning train without their captions: caption shuffle, "
+                         "dropout and text-encoder training need prompts")
     run = _Run(denoiser, handles, examples, config, class_examples, rank)
     if resume_from:
         run.resume(resume_from)
@@ -168,6 +171,9 @@ class _Run:
         return self.last_checkpoint
 
     def _cond(self, batch: list[int], pool: Sequence[Example], memo: dict[tuple, Cond], step: int, round_: int) -> Cond:
+        precomputed = [pool[i].cond for i in batch]
+        if all(c is not None for c in precomputed):
+            return stack_cond(precomputed)
         policy, kind = self.config.captions, "class" if pool is self.class_examples else "instance"
         prompts = [policy.apply(pool[i].prompt, draw_seed(self.config.seed, step, round_, slot, kind))
                    for slot, i in enumerate(batch)]
