@@ -31,8 +31,9 @@ def unet_shapes(family):
 
 
 def test_the_registry_is_every_family_module():
-    assert families.names() == ("sd1", "sd2", "sdxl")
-    with pytest.raises(FamilyError, match="unknown base model 'flux'.*sd1, sd2, sdxl"):
+    assert families.names() == ("sd1", "sd2", "sdxl", "flux1", "chroma", "flux2", "sd3", "qwen_image", "lumina2",
+                                "z_image", "wan")
+    with pytest.raises(FamilyError, match="unknown base model 'flux'.*sd1, sd2, sdxl, flux1"):
         families.get("flux")
     assert families.find("unknown") is None
 

@@ -18,12 +18,13 @@ from .targets import select
 def detect_network(model: nn.Module) -> tuple[str | None, str | None]:
     """(network, family name) of a model from its module names and shapes, None where it cannot tell."""
     names = [n for n, _ in model.named_modules() if n]
+    shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     try:
         style = detect_naming(names)
     except KeyMapError:
-        return None, None
+        family = families.detect(shapes)  # a diffusion transformer (Flux, SD3, …), diffusers or ComfyUI names
+        return ("unet", family.name) if family is not None else (None, None)
     if style in ("diffusers", "ldm"):
-        shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         family = families.detect(shapes)
         return "unet", family.name if family else None
     # a text encoder: its width tells the family (a 768-wide CLIP-L is SD1's by priority)

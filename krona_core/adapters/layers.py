@@ -269,7 +269,7 @@ class KronANetwork(nn.Module):
         family = families.find(self.base)
         unet_map = None
         if self.network == "unet" and family is not None:
-            unet_map = UNetKeyMap.from_names(n for n, _ in self.model.named_modules() if n)
+            unet_map = family.layout_map(n for n, _ in self.model.named_modules() if n)
         out = {}
         for path, adapter in self.items():
             key = module_kohya_key(self.network, family, path, unet_map)

@@ -143,7 +143,7 @@ class _Checkpoint:
         self.tensors[slot.key] = _add(self.tensors[slot.key], delta, slot.rows, slot.transposed)
 
 
-def checkpoint_naming(path: str | os.PathLike) -> tuple[str, UNetKeyMap]:
+def checkpoint_naming(path: str | os.PathLike) -> tuple[str, UNetKeyMap | None]:
     """The family of a single-file checkpoint and its UNet layout, from its header alone (what
     `read_source` needs to name a file's modules for this checkpoint)."""
     from safetensors import SafetensorError, safe_open
@@ -156,7 +156,7 @@ def checkpoint_naming(path: str | os.PathLike) -> tuple[str, UNetKeyMap]:
     family = families.detect(shapes)
     if family is None:
         raise ConvertError(f"{path}: not a single-file checkpoint of a known family ({', '.join(families.names())})")
-    return family.name, UNetKeyMap.from_names(k for k in shapes if k.startswith("model.diffusion_model."))
+    return family.name, family.layout_map(k for k in shapes if k.startswith("model.diffusion_model."))
 
 
 def bind_base(source: Source, checkpoint: str | os.PathLike) -> Source:

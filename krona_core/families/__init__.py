@@ -9,7 +9,10 @@ with the lower `priority`.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from .base import GENERIC_RECIPE, Family, FamilyError, Match, Recipe
@@ -83,6 +86,20 @@ def for_comfy_model(model_type: str) -> Family | None:
     return next((f for f in FAMILIES if model_type in f.comfy_model_types), None)
 
 
+def for_diffusers_folder(folder: str | os.PathLike) -> Family | None:
+    """The family of a diffusers pipeline folder (or its transformer / unet subfolder), from the
+    `_class_name` its config.json records (FluxTransformer2DModel, SD3Transformer2DModel, …)."""
+    folder = Path(folder)
+    for config in (folder / "config.json", folder / "transformer" / "config.json"):
+        if config.is_file():
+            try:
+                name = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+            except (OSError, ValueError) as exc:
+                raise FamilyError(f"{config}: not a readable diffusers config ({exc})") from None
+            return next((f for f in FAMILIES if getattr(f, "diffusers_class", None) == name), None)
+    return None
+
+
 def for_ss(ss_base_model_version: str | None) -> Family | None:
     """The family a kohya `ss_base_model_version` names."""
     if not ss_base_model_version:
@@ -90,5 +107,5 @@ def for_ss(ss_base_model_version: str | None) -> Family | None:
     return next((f for f in FAMILIES if f.matches_ss(ss_base_model_version)), None)
 
 
-__all__ = ["FAMILIES", "Family", "FamilyError", "Match", "Recipe", "detect", "find", "for_comfy_model", "for_ss", "for_text_encoder",
+__all__ = ["FAMILIES", "Family", "FamilyError", "Match", "Recipe", "detect", "find", "for_comfy_model", "for_diffusers_folder", "for_ss", "for_text_encoder",
            "get", "names", "recipe", "require"]

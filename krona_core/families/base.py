@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..naming.clip import WeightSlot
 
@@ -89,6 +89,11 @@ class Family(ABC):
     @abstractmethod
     def matches_ss(self, ss_base_model_version: str) -> bool:
         """Whether a kohya `ss_base_model_version` string names this family."""
+
+    def layout_map(self, names: Iterable[str]):
+        """The diffusion model's block-layout map read off its module names, where the family's
+        naming depends on the layout (the SD UNets' diffusers ↔ ldm map); None where it does not."""
+        return None
 
     @property
     def recipe(self) -> Recipe:

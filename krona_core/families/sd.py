@@ -104,6 +104,9 @@ class SDFamily(Family):
     def text_encoder_network(self, width: int) -> str | None:
         return next((t.network for t in self.text_encoders if t.width == width), None)
 
+    def layout_map(self, names) -> UNetKeyMap:
+        return UNetKeyMap.from_names(names)
+
     def unet_key_map(self) -> UNetKeyMap:
         """diffusers ↔ ldm map of the real UNet, from its config (no diffusers needed)."""
         c = self.unet_config
