@@ -4,6 +4,7 @@ output and MLP output fused), T5-XXL + CLIP-L conditioning; rectified flow."""
 
 from ..naming.dit import Rule
 from .dit import DiTFamily, Signature, block_rules, qkv_parts
+from .flow import FLUX_SIGMAS
 
 Q, K, V = qkv_parts()
 SQ, SK, SV, SMLP = qkv_parts((1, 1, 1, 4))  # linear1 rows: q, k, v (hidden each), MLP input (4 × hidden)
@@ -51,4 +52,5 @@ FAMILY = DiTFamily(
                       "modelspec.implementation": "https://github.com/black-forest-labs/flux",
                       "modelspec.resolution": "1024x1024"},
     ss_prefix="flux1",
+    sigma_sampling=FLUX_SIGMAS,
 )

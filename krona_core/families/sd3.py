@@ -4,6 +4,7 @@ text (`context_block`) stream, fused qkv per stream, SD3.5 Medium's second image
 
 from ..naming.dit import Rule
 from .dit import DiTFamily, Signature, block_rules, qkv_parts
+from .flow import SD3_SIGMAS
 
 Q, K, V = qkv_parts()
 
@@ -42,4 +43,5 @@ FAMILY = DiTFamily(
                       "modelspec.implementation": "https://github.com/Stability-AI/sd3.5",
                       "modelspec.resolution": "1024x1024"},
     ss_prefix="sd3",
+    sigma_sampling=SD3_SIGMAS,
 )

@@ -101,12 +101,15 @@ def prepare_examples(
     return examples
 
 
-def examples_from_latents(latents: torch.Tensor, prompts: Sequence[str], scale: int = 8, is_class: bool = False) -> list[Example]:
-    """Examples straight from latents (teacher–student tests, cached datasets)."""
+def examples_from_latents(latents: torch.Tensor, prompts: Sequence[str], scale: int = 8, is_class: bool = False,
+                          conds: Sequence[Cond] | None = None) -> list[Example]:
+    """Examples straight from latents (teacher–student tests, cached datasets, a host's latents),
+    with their precomputed conditioning when `conds` is given."""
     out = []
-    for lat, prompt in zip(latents, prompts):
+    for i, (lat, prompt) in enumerate(zip(latents, prompts)):
         h, w = lat.shape[-2] * scale, lat.shape[-1] * scale
-        out.append(Example(lat.float().cpu(), prompt, SizeInfo((h, w), (0, 0), (h, w)), is_class))
+        out.append(Example(lat.float().cpu(), prompt, SizeInfo((h, w), (0, 0), (h, w)), is_class,
+                           conds[i] if conds is not None else None))
     return out
 
 
