@@ -21,15 +21,17 @@ import torch
 from .. import families
 from ..families.flow import SigmaSampling
 from .denoiser import Cond, SizeInfo
+from .diffusers_backend import BaseLoadError
 from .embeddings import EmbeddingTable
 
 #: the trainable modules of the `attn` preset on a fused diffusers transformer (module-path regex)
-DIT_ATTN_TARGETS = ["re:(^|\\.)attn2?\\.(to_qkv|to_added_qkv|to_out\\.0|to_add_out)$",
+DIT_ATTN_TARGETS = ["re:^transformer_blocks\\.\\d+\\.attn2?\\.(to_qkv|to_added_qkv|to_out\\.0|to_add_out)$",
                     "re:^single_transformer_blocks\\.\\d+\\.proj_out$"]
+DIT_FF_TARGETS = "re:^transformer_blocks\\.\\d+\\.ff(_context)?\\.net\\.(0\\.proj|2)$"
 
 
-class DiTLoadError(ValueError):
-    """A transformer base that cannot be loaded offline, with the reason."""
+class DiTLoadError(BaseLoadError):
+    """A transformer base that cannot be loaded offline (or run as asked), with the reason."""
 
 
 def fuse_projections(transformer: torch.nn.Module) -> None:
@@ -73,6 +75,15 @@ class DiTDenoiser:
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.transformer}
+
+    def resolve_targets(self, targets: str | list[str]) -> str | list[str]:
+        """The presets in this model's module names: `attn` (and `attn+ff`) select the fused
+        attention weights and, with ff, the MLPs (never a row slice of an original fused weight)."""
+        if targets == "attn":
+            return list(DIT_ATTN_TARGETS)
+        if targets == "attn+ff":
+            return [*DIT_ATTN_TARGETS, DIT_FF_TARGETS]
+        return targets
 
     def encode_prompts(self, prompts: Sequence[str], sizes: Sequence[SizeInfo]) -> Cond:
         conds = [self.embeddings.get(p) for p in prompts]

@@ -15,9 +15,14 @@ import torch
 
 from ..files import atomic
 from .denoiser import Cond
+from .diffusers_backend import BaseLoadError
 
 PROMPTS_KEY = "krona.prompts"
 REQUIRED = ("encoder_hidden_states", "pooled_projections")
+
+
+class EmbeddingsError(BaseLoadError):
+    """An embeddings file that cannot be read, or lacks a prompt that is trained on."""
 
 
 class EmbeddingTable:
@@ -27,18 +32,21 @@ class EmbeddingTable:
         for prompt, cond in conds.items():
             missing = [k for k in REQUIRED if k not in cond]
             if missing:
-                raise ValueError(f"{source}: prompt {prompt!r} lacks {', '.join(missing)}")
+                raise EmbeddingsError(f"{source}: prompt {prompt!r} lacks {', '.join(missing)}")
         self.conds = {p: {k: v.float() for k, v in c.items()} for p, c in conds.items()}
         self.source = source
 
     def get(self, prompt: str) -> Cond:
         if prompt not in self.conds:
             known = ", ".join(repr(p) for p in list(self.conds)[:5])
-            raise ValueError(f"{self.source}: no embedding for the prompt {prompt!r} (it has {known})")
+            raise EmbeddingsError(f"{self.source}: no embedding for the prompt {prompt!r} (it has {known})")
         return self.conds[prompt]
 
-    def __contains__(self, prompt: str) -> bool:
-        return prompt in self.conds
+    def require(self, prompts) -> None:
+        """Raise EmbeddingsError naming the prompts the file lacks (checked before training starts)."""
+        missing = sorted({p for p in prompts if p not in self.conds})
+        if missing:
+            raise EmbeddingsError(f"{self.source}: no embeddings for {len(missing)} prompt(s) trained on, e.g. {missing[:3]}")
 
 
 def save_embeddings(path: str | os.PathLike, conds: Mapping[str, Cond], overwrite: bool = False) -> str:
@@ -55,13 +63,13 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
             prompts = json.loads((fh.metadata() or {}).get(PROMPTS_KEY, "null"))
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (OSError, SafetensorError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable embeddings file ({exc})") from None
+        raise EmbeddingsError(f"{path}: not a readable embeddings file ({exc})") from None
     if not isinstance(prompts, list):
-        raise ValueError(f"{path}: no {PROMPTS_KEY} metadata (a JSON list of the prompts)")
+        raise EmbeddingsError(f"{path}: no {PROMPTS_KEY} metadata (a JSON list of the prompts)")
     conds: dict[str, Cond] = {}
     for key, value in tensors.items():
         index, _, name = key.partition(".")
         if not index.isdigit() or int(index) >= len(prompts):
-            raise ValueError(f"{path}: key {key!r} is not <prompt index>.<name> of one of its {len(prompts)} prompts")
+            raise EmbeddingsError(f"{path}: key {key!r} is not <prompt index>.<name> of one of its {len(prompts)} prompts")
         conds.setdefault(prompts[int(index)], {})[name] = value
     return EmbeddingTable(conds, str(path))

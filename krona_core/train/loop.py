@@ -42,11 +42,15 @@ class TrainResult:
 def attach_adapters(denoiser: Denoiser, config: TrainConfig) -> list[KronANetwork]:
     """Fresh KronA adapters (float32 factors) on the networks `config` trains."""
     handles = []
+    # a backend whose modules the presets do not name as they are (fused diffusers transformers) translates them
+    targets = getattr(denoiser, "resolve_targets", lambda t: t)(config.targets)
+    family = getattr(denoiser, "family", None)
+    base = family.name if family is not None else None  # else attach reads it off the model
     for network, module in denoiser.networks().items():
         if network != "unet" and not config.train_text_encoder:
             continue
-        handles.append(attach(module, config.a1, config.a2, config.targets, budget=config.budget,
-                              network=network, seed=config.seed + len(handles), dtype=torch.float32))
+        handles.append(attach(module, config.a1, config.a2, targets, budget=config.budget,
+                              network=network, base=base, seed=config.seed + len(handles), dtype=torch.float32))
     return handles
 
 
