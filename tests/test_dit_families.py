@@ -35,7 +35,7 @@ def family(request):
 def real(family):
     """(diffusers state-dict shapes, original weight shapes) of the real transformer."""
     model = family.build_unet()
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, family.original_shapes(model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, family.weight_shapes(model)
 
 
 def test_numbers_of_each_family(family):
@@ -69,7 +69,7 @@ def test_detected_from_kohya_adapter_names(family, real):
 def test_every_diffusers_linear_has_an_original_weight(family):
     """Fused weights are assembled from their parts (rows add up, inputs agree): the ComfyUI shapes."""
     model = family.build_unet()
-    original = family.original_shapes(model)
+    original = family.weight_shapes(model)
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .. import families
 from ..ops.shapes import choose_shape, lora_params
-from .targets import select
+from .targets import path_matches
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,17 @@ class ParamCounts:
         return self.krona / self.full - 1.0
 
 
-def layer_shapes(model: nn.Module, targets: str = "attn") -> dict[str, tuple[int, ...]]:
-    return {name: tuple(m.weight.shape) for name, m in select(model.named_modules(), targets)}
+def layer_shapes(family: families.Family, model: nn.Module, targets: str = "attn") -> dict[str, tuple[int, ...]]:
+    """{path: weight shape} of the weights of `model` an adapter with these targets sits on (the
+    fused ComfyUI weights of a transformer family)."""
+    return {p: s for p, s in family.weight_shapes(model).items() if path_matches(p, len(s) == 2, targets)}
 
 
 def unet_counts(base: str, a1: int = 64, a2: int = 8, rank: int = 4, targets: str = "attn") -> ParamCounts:
-    """Counts for a base's real UNet built on the meta device (no weights, about a second)."""
-    unet = families.get(base).build_unet()
-    shapes = layer_shapes(unet, targets)
+    """Counts for a base's real diffusion model built on the meta device (no weights, seconds)."""
+    family = families.get(base)
+    unet = family.build_unet()
+    shapes = layer_shapes(family, unet, targets)
     return ParamCounts(
         base=base,
         layers=len(shapes),
@@ -46,7 +49,9 @@ def unet_counts(base: str, a1: int = 64, a2: int = 8, rank: int = 4, targets: st
 
 
 def format_table(rows: list[ParamCounts], a1: int, a2: int, rank: int) -> str:
-    names = {"sd1": "SD1.5", "sd2": "SD2.1", "sdxl": "SDXL"}  # the real models the rows are built from
+    names = {"sd1": "SD1.5", "sd2": "SD2.1", "sdxl": "SDXL", "flux1": "FLUX.1 [dev]", "chroma": "Chroma",
+             "flux2": "FLUX.2 [dev]", "sd3": "SD3.5 Large", "qwen_image": "Qwen-Image", "lumina2": "Lumina 2",
+             "z_image": "Z-Image", "wan": "Wan 2.1 T2V 14B"}  # the real models the rows are built from
     header = f"| base | layers | KronA ({a1}, {a2}) | LoRA r{rank} | KronA vs LoRA | full fine-tune | KronA vs full |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -66,7 +66,7 @@ class Kronecker(SourceModule):
         return KronShape.from_factors(self.w1.shape, self.w2.shape).weight_shape
 
     def dense(self) -> torch.Tensor:
-        return materialise(self.w1, self.w2).double()
+        return materialise(self.w1.double(), self.w2.double())  # not in the file's float16
 
     def kronecker(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.w1, self.w2

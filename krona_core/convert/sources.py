@@ -12,10 +12,11 @@ import torch
 
 from .. import families
 from ..families import FamilyError
+from ..naming.kohya import KeyMapError
 from ..files.model import split_trigger_words
 from ..naming.unet import UNetKeyMap
 from .errors import ConvertError
-from .kinds import SourceModule
+from .kinds import Dense, SourceModule
 from .readers import LoKrReader, lokr_format, reader_for
 
 
@@ -76,15 +77,48 @@ def read_source(path: str | os.PathLike, base: str | None = None, unet_map: UNet
         if family is None:
             raise ConvertError(f"{path}: cannot tell the base model from the cross-attention widths; pass --base "
                                f"{', '.join(families.names())}")
-        modules = {}
-        for (network, name), module in raw.items():
-            kohya = reader.kohya_name(network, name, family, unet_map)
-            modules[kohya] = dataclasses.replace(module, name=kohya)
+        modules = _named(raw, reader, family, unet_map, path)
     else:
         modules = {name: module for (_, name), module in raw.items()}
         family = family or families.detect(shapes)
     fmt = lokr_format(tensors) if type(reader) is LoKrReader else reader.format
     return Source(path, fmt, family.name if family else None, modules, metadata, sha256_file(path))
+
+
+def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | None, path: str) -> dict[str, SourceModule]:
+    """The modules of a diffusers / ldm-named file under their kohya names; row parts of a fused
+    weight assembled into it (`fused_module`)."""
+    modules, parts = {}, {}
+    for (network, name), module in raw.items():
+        try:
+            fused = family.fused_part(family.network_of_diffusers(network) if reader.diffusers_components else network, name)
+            if fused is not None:
+                parts.setdefault(fused[0], []).append((fused[1], module))
+                continue
+            kohya = reader.kohya_name(network, name, family, unet_map)
+        except KeyMapError as exc:
+            raise ConvertError(f"{path}: module {name!r}: {exc}") from None
+        modules[kohya] = dataclasses.replace(module, name=kohya)
+    modules.update({name: fused_module(name, found, path) for name, found in parts.items()})
+    return modules
+
+
+def fused_module(name: str, parts: list, path: str) -> Dense:
+    """The ΔW of a fused weight (Flux's qkv, linear1) from the modules of its row parts — diffusers
+    to_q / to_k / to_v / proj_mlp in another trainer's file — stacked in the fused order, the parts
+    the file does not adapt left zero: the one weight a KronA module adapts (`families.dit`)."""
+    sizes = parts[0][0].sizes
+    units = {module.weight_shape[0] // part.sizes[part.index] for part, module in parts}
+    columns = {tuple(module.weight_shape[1:]) for _, module in parts}
+    if len(units) != 1 or len(columns) != 1:
+        raise ConvertError(f"{path}: the parts of {name} have inconsistent shapes "
+                           f"{sorted(tuple(m.weight_shape) for _, m in parts)}")
+    unit = units.pop()
+    dense = torch.zeros(unit * sum(sizes), *columns.pop(), dtype=torch.float64)
+    for part, module in parts:
+        start, size = part.rows(unit * sum(sizes))
+        dense[start:start + size] = module.dense().reshape(size, *dense.shape[1:])
+    return Dense(name, dense)
 
 
 def _family(name: str, path: str) -> families.Family:

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+import torch
+
 from ..naming.clip import WeightSlot
 
 Shapes = Mapping[str, Sequence[int]]
@@ -90,10 +92,21 @@ class Family(ABC):
     def matches_ss(self, ss_base_model_version: str) -> bool:
         """Whether a kohya `ss_base_model_version` string names this family."""
 
+    def fused_part(self, network: str, module_path: str):
+        """(kohya name of the fused weight, its `naming.dit.Part`) when the module is a row slice of
+        a fused weight of this family (a diffusers to_q of Flux's qkv); None when it is a whole weight."""
+        return None
+
     def layout_map(self, names: Iterable[str]):
         """The diffusion model's block-layout map read off its module names, where the family's
         naming depends on the layout (the SD UNets' diffusers ↔ ldm map); None where it does not."""
         return None
+
+    def weight_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+        """{module path: weight shape} of the layers an adapter of this family sits on (Linear and
+        ungrouped Conv2d of a model of this family; the transformer families' fused weights)."""
+        return {n: tuple(m.weight.shape) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)}
 
     @property
     def recipe(self) -> Recipe:

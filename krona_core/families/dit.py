@@ -104,6 +104,10 @@ class DiTFamily(Family):
             return path, None
         raise KeyMapError(f"{module_path!r} is not a {self.title} module path (original or diffusers) this pack maps")
 
+    def fused_part(self, network: str, module_path: str) -> tuple[str, Part] | None:
+        path, part = self.original_path(module_path)
+        return (kohya_key("unet", path), part) if part is not None else None
+
     def kohya_name(self, network: str, module_path: str, unet_map=None) -> str:
         if network != "unet":
             raise KeyMapError(f"{self.name} files adapt the diffusion model only; {module_path!r} is a {network} module")
@@ -157,7 +161,7 @@ class DiTFamily(Family):
         with torch.device(device):
             return cls(**{**self.diffusers_config, **overrides})
 
-    def original_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
         """{original path: weight shape} of every Linear of a diffusers transformer of this family,
         fused weights assembled from their parts (the weights ComfyUI's model has)."""
         rows: dict[str, dict[int, tuple[int, int]]] = {}

@@ -8,8 +8,9 @@ from .flow import SD3_SIGMAS
 
 Q, K, V = qkv_parts()
 
-# the adaLN modulations are not mapped: the last block's context_block stores (shift, scale) swapped
+# the text stream's adaLN modulation is not mapped: the last block's context_block stores (shift, scale) swapped
 JOINT = (
+    ("norm1.linear", "x_block.adaLN_modulation.1", None),
     ("attn.to_q", "x_block.attn.qkv", Q), ("attn.to_k", "x_block.attn.qkv", K), ("attn.to_v", "x_block.attn.qkv", V),
     ("attn.add_q_proj", "context_block.attn.qkv", Q), ("attn.add_k_proj", "context_block.attn.qkv", K),
     ("attn.add_v_proj", "context_block.attn.qkv", V),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+from .. import families
 from .model import KronAFile
 
 
 def describe(file: KronAFile, connected_base: str | None = None, connected_name: str | None = None) -> str:
-    lines = [f"KronA file: {file.name}", f"base model: {file.base_model or 'unknown'}",
+    family = families.find(file.base_model)
+    base = f"{file.base_model} ({family.title})" if family is not None else (file.base_model or "unknown")
+    architecture = file.metadata.get("modelspec.architecture")
+    lines = [f"KronA file: {file.name}", f"base model: {base}" + (f", modelspec {architecture}" if architecture else ""),
              f"trigger words: {', '.join(file.trigger_words) or '(none)'}",
              f"modules: {len(file.modules)} ({file.num_parameters():,} parameters) in {', '.join(file.networks())}"]
     if connected_name is not None:

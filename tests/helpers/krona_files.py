@@ -40,3 +40,24 @@ def random_krona(checkpoint: Path, out: Path, base: str, *, seed: int = 0, a1: i
     title = out.name.removesuffix(".krona.safetensors").removesuffix(".safetensors")  # as krona_core.save names it
     meta = build_metadata(modules, base_model=base, title=title, trigger_words=list(trigger_words))
     return Path(write(out, modules, meta, overwrite=True))
+
+
+def random_dit_krona(checkpoint: Path, out: Path, base: str, *, targets: str = "attn+ff", seed: int = 0,
+                     a1: int = 64, a2: int = 8, strength: float = 0.3) -> Path:
+    """A seeded random KronA file of a diffusion-transformer checkpoint (original / ComfyUI names)
+    on the modules a target preset selects; ΔW entries about strength / √fan-in, like the weights'."""
+    from krona_core.adapters.targets import path_matches
+
+    g = torch.Generator().manual_seed(seed)
+    family = families.get(base)
+    modules = {}
+    for name, (slot, shape) in sorted(family.checkpoint_modules(checkpoint_shapes(checkpoint)).items()):
+        path = family.original_path(slot.key.removesuffix(".weight"))[0]
+        if len(shape) == 2 and path_matches(path, True, targets):
+            kron = choose_shape(shape, a1, a2)
+            w1 = torch.randn(kron.w1_shape, generator=g)
+            w2 = torch.randn(kron.w2_shape, generator=g) * strength / shape[1] ** 0.5
+            modules[name] = (w1, w2)
+    title = out.name.removesuffix(".krona.safetensors")
+    meta = build_metadata(modules, base_model=base, title=title, targets=targets, trigger_words=["sks"])
+    return Path(write(out, modules, meta, overwrite=True))

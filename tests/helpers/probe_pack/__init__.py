@@ -144,3 +144,45 @@ class KronATestDeepCloneBypass(_Probe):
 
 NODE_CLASS_MAPPINGS.update({"KronATestAdapterMath": KronATestAdapterMath,
                             "KronATestDeepCloneBypass": KronATestDeepCloneBypass})
+
+
+class KronATestConditioning:
+    """Seeded CONDITIONING of any width, for diffusion transformers whose real text encoders have
+    fixed multi-GB sizes (T5-XXL, Qwen2.5-VL, Gemma): (1, tokens, width) plus a pooled vector."""
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 4096, "min": 1, "max": 8192}),
+                             "tokens": ("INT", {"default": 4, "min": 1, "max": 512}),
+                             "pooled": ("INT", {"default": 0, "min": 0, "max": 8192}),
+                             "mask": ("BOOLEAN", {"default": False}),
+                             "seed": ("INT", {"default": 0})}}
+
+    def run(self, width, tokens, pooled, mask, seed):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        extra = {"pooled_output": torch.randn(1, pooled, generator=g)} if pooled else {}
+        if mask:  # the text-attention mask Lumina 2's model reads (all tokens real)
+            extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
+        return ([[torch.randn(1, tokens, width, generator=g), extra]],)
+
+
+class KronATestLatentValues(_Probe):
+    """A LATENT's values, flattened, as JSON (tests compare denoised latents across graphs)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "tag": ("STRING", {"default": ""})}}
+
+    def run(self, samples, tag):
+        values = samples["samples"].float().flatten().tolist()
+        return {"ui": {"text": [json.dumps({"shape": list(samples["samples"].shape), "values": values})]}}
+
+
+NODE_CLASS_MAPPINGS.update({"KronATestConditioning": KronATestConditioning,
+                            "KronATestLatentValues": KronATestLatentValues})
