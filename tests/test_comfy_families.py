@@ -7,7 +7,6 @@ the families' multi-GB text encoders)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from helpers.krona_files import checkpoint_shapes, random_dit_krona
-from helpers.tiny_comfy import cache_dir
-from helpers.tiny_dit import CONFIGS, MAP_CONFIGS, comfy_diffusers_maps, write_tiny_dit
+from helpers.tiny_dit import MAP_CONFIGS, cached_tiny_dit, comfy_diffusers_maps
 from krona_core import families
 from krona_core.convert.merge import merge_into_checkpoint
 from krona_core.files.reader import read
@@ -36,16 +35,6 @@ CASES = {
     "qwen_image": (3584, 0, 0, "bfloat16"),
 }
 MERGED = ("sd3", "wan")  # float32 files: the merged checkpoint is compared without bf16 rounding
-
-
-def tiny_model(comfyui: Path, family: str) -> Path:
-    dtype = CASES[family][3]
-    digest = hashlib.sha256(json.dumps(CONFIGS[family], sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / f"tiny-dit-{family}-{dtype}-{digest}.safetensors"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_tiny_dit(comfyui, family, path, seed=0, dtype=dtype)
-    return path
 
 
 def graph(unet: str, family: str, chain: tuple = ()) -> dict:
@@ -85,7 +74,7 @@ def prepared(comfy_server, tmp_path_factory):
 
     def prepare(family: str) -> tuple[Path, Path]:
         if family not in done:
-            model = tiny_model(comfy_server.comfyui_path, family)
+            model = cached_tiny_dit(comfy_server.comfyui_path, family, CASES[family][3])
             krona = random_dit_krona(model, tmp_path_factory.mktemp(family) / f"{family}-test.krona.safetensors",
                                      family, seed=1)
             for folder, path in (("diffusion_models", model), ("krona", krona), ("loras", krona)):
@@ -101,6 +90,8 @@ def prepared(comfy_server, tmp_path_factory):
 def test_apply_equals_loraloader_and_bypass_equals_merge(comfy_server, prepared, family):
     model, krona = prepared(family)
     assert families.detect(checkpoint_shapes(model)) is families.get(family)  # ComfyUI's own names and shapes
+    with safe_open(str(model), "pt") as fh:  # the model_config class ComfyUI's detection read the file as
+        assert families.for_comfy_model(fh.metadata()["comfy_model"]) is families.get(family)
     file = read(krona)
     assert file.base_model == family and file.metadata["modelspec.architecture"].endswith("/lora")
     log_start = len(comfy_server.log_text())

@@ -50,6 +50,12 @@ NODE_TYPES: dict[str, dict] = {
                           ("noise_offset", None), ("min_snr_gamma", None), ("checkpoint_every", None), ("preview_every", None),
                           ("validation_prompt", None), ("name", None)],
                    "out": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("KRONA", "KRONA"), ("loss_curve", "IMAGE"), ("previews", "IMAGE")]},
+    "UNETLoader": {"in": [("unet_name", None), ("weight_dtype", None)], "out": [("MODEL", "MODEL")]},
+    "DualCLIPLoader": {"in": [("clip_name1", None), ("clip_name2", None), ("type", None), ("device", None)],
+                       "out": [("CLIP", "CLIP")]},
+    "VAELoader": {"in": [("vae_name", None)], "out": [("VAE", "VAE")]},
+    "FluxGuidance": {"in": [("conditioning", "CONDITIONING"), ("guidance", None)], "out": [("CONDITIONING", "CONDITIONING")]},
+    "EmptySD3LatentImage": {"in": [("width", None), ("height", None), ("batch_size", None)], "out": [("LATENT", "LATENT")]},
     "SaveKronA": {"in": [("krona", "KRONA"), ("filename_prefix", None), ("trigger_words", None), ("metadata", None), ("float32", None)],
                   "out": [("path", "STRING")]},
 }
@@ -235,12 +241,41 @@ def img2img() -> Graph:
     return g
 
 
+def flux() -> Graph:
+    g = Graph("KronA txt2img (FLUX.1 [dev])")
+    g.note("1. Load Diffusion Model: flux1-dev.safetensors in models/diffusion_models (fp8 weights work too: set "
+           "weight_dtype, or use bypass on Apply KronA).\n2. DualCLIPLoader: clip_l.safetensors and t5xxl_fp16.safetensors "
+           "in models/text_encoders, type flux. Load VAE: ae.safetensors.\n3. Apply KronA: a FLUX.1 KronA file, e.g. "
+           "my-subject-flux.krona.safetensors; FLUX files adapt the diffusion model only (lora_unet_double_blocks_…, "
+           "fused qkv as one module), so CLIP stays unconnected.\n4. FLUX [dev] is guidance-distilled: FluxGuidance 3.5, "
+           "KSampler cfg 1.0 (the negative prompt is unused), 20 steps, scheduler simple.", (0, 520), size=(320, 400))
+    unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
+    clip = g.add("DualCLIPLoader", (0, 200), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                              "type": "flux", "device": "default"}, size=(320, 130))
+    vae = g.add("VAELoader", (0, 390), {"vae_name": "ae.safetensors"}, size=(320, 70))
+    krona = g.add("ApplyKronA", (360, 40), {"krona_name": "my-subject-flux.krona.safetensors", "strength_model": 1.0,
+                                            "strength_clip": 1.0, "bypass": False, "block_strengths": ""},
+                  {"model": (unet, 0)}, size=(320, 200))
+    prompt = g.add("CLIPTextEncode", (360, 300), {"text": "a photo of sks dog on a beach"}, {"clip": (clip, 0)},
+                   title="Prompt (use the trigger words)")
+    guided = g.add("FluxGuidance", (360, 490), {"guidance": 3.5}, {"conditioning": (prompt, 0)}, size=(320, 80))
+    latent = g.add("EmptySD3LatentImage", (360, 630), {"width": 1024, "height": 1024, "batch_size": 1}, size=(320, 110))
+    sampler = g.add("KSampler", (720, 40), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                            "denoise": 1.0},
+                    {"model": (krona, 0), "positive": (guided, 0), "negative": (guided, 0), "latent_image": (latent, 0)},
+                    size=(320, 270))
+    decode = g.add("VAEDecode", (1080, 40), {}, {"samples": (sampler, 0), "vae": (vae, 0)}, size=(320, 60))
+    g.add("SaveImage", (1080, 150), {"filename_prefix": "KronA-flux"}, {"images": (decode, 0)}, size=(380, 400))
+    return g
+
+
 WORKFLOWS = {
     "1-krona-txt2img-lora": txt2img,
     "2-krona-controlnet-canny": controlnet,
     "3-train-save-apply-krona": train,
     "4-krona-txt2img-sdxl": sdxl,
     "5-krona-img2img-block-strengths": img2img,
+    "6-krona-txt2img-flux": flux,
 }
 
 

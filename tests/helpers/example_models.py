@@ -12,8 +12,9 @@ from krona_core.util.images import to_uint8
 from krona_core.util.plot import save_png
 from krona_core.tiny.pipeline import sample_images
 
-from .krona_files import random_krona
+from .krona_files import random_dit_krona, random_krona
 from .tiny_comfy import cached_checkpoint
+from .tiny_dit import cached_tiny_dit
 
 # what the notes name → the tiny stand-ins
 STAND_INS = {
@@ -35,6 +36,9 @@ def add_example_models(server, folder: Path) -> None:
                                            trigger_words=TRIGGER_WORDS))
     server.add_model("krona", random_krona(sdxl, folder / "my-subject-sdxl.krona.safetensors", "sdxl", seed=2, scale=0.05))
     server.add_model("loras", random_krona(sd15, folder / "my-style.safetensors", "sd1", seed=3, scale=0.05, every=2))
+    flux = cached_tiny_dit(server.comfyui_path, "flux1", "bfloat16")  # ComfyUI's own Flux class, 1 + 1 blocks
+    server.add_model("diffusion_models", flux, name="flux1-dev.safetensors")
+    server.add_model("krona", random_dit_krona(flux, folder / "my-subject-flux.krona.safetensors", "flux1", seed=4))
     for name, img in zip(["example.png", "subject1.png", "subject2.png"], sample_images(3, 64, seed=5)):
         save_png(to_uint8((img + 1) / 2), str(folder / name))
         server.add_input(folder / name)

@@ -130,6 +130,21 @@ def write_tiny_dit(comfyui: Path, family: str, out: Path, seed: int = 0, dtype: 
     return out
 
 
+def cached_tiny_dit(comfyui: Path, family: str, dtype: str) -> Path:
+    """The tiny `family` model (seed 0) in the tests' cache, built on first use (keyed by its config)."""
+    import hashlib
+    import json
+
+    from .tiny_comfy import cache_dir
+
+    digest = hashlib.sha256(json.dumps(CONFIGS[family], sort_keys=True).encode()).hexdigest()[:10]
+    path = cache_dir() / f"tiny-dit-{family}-{dtype}-{digest}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tiny_dit(comfyui, family, path, seed=0, dtype=dtype)
+    return path
+
+
 def comfy_diffusers_maps(comfyui: Path, folder: Path) -> dict:
     """`dump_maps` of the ComfyUI checkout at `comfyui`."""
     import json
