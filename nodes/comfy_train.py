@@ -62,6 +62,17 @@ def _add_trainable_copies(patcher, networks: dict[str, torch.nn.Module]) -> None
                     patcher.add_weight_wrapper(f"{names[id(module)]}.{param}", _copy_if_inference)
 
 
+def _clone_input(module, args):
+    return (args[0].clone(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
+
+
+def _guard_inplace_residuals(network: torch.nn.Module) -> list:
+    """Hooks that give every LayerNorm of the network its own copy of its input while training:
+    ComfyUI 0.3.x's Flux blocks add their residuals in place (`x += …`) into the tensor a LayerNorm
+    saved for backward, which autograd refuses (current ComfyUI writes `x = x + …`)."""
+    return [m.register_forward_pre_hook(_clone_input) for m in network.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
 def _is_dynamic(patcher) -> bool:
     return bool(getattr(patcher, "is_dynamic", lambda: False)())
 
@@ -129,6 +140,7 @@ class ComfyDenoiser:
             self.alphas_cumprod = 1.0 / (1.0 + self.sigmas ** 2)
             self.sigma_sampling = None
         self._frozen: list[torch.nn.Parameter] = []
+        self._hooks: list = []
         self._in_training = None
 
     def __enter__(self) -> "ComfyDenoiser":
@@ -141,6 +153,7 @@ class ComfyDenoiser:
                 patchers.append(self.clip.patcher)
             dynamic = any(_is_dynamic(p) for p in patchers)
             comfy.model_management.load_models_gpu(patchers, force_full_load=not dynamic)
+            self._hooks = _guard_inplace_residuals(nets["unet"])
             for network in nets.values():
                 for param in network.parameters():
                     if param.requires_grad:  # only the adapters train: no .grad memory for the host's weights
@@ -158,7 +171,10 @@ class ComfyDenoiser:
         self.close()
 
     def close(self) -> None:
-        """Put the host's requires_grad flags (and ComfyUI's training flag) back."""
+        """Put the host's requires_grad flags (and ComfyUI's training flag) back, remove the input guards."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
         for param in self._frozen:
             # torch allows turning requires_grad back on for inference tensors only in inference mode
             with torch.inference_mode(param.is_inference()):

@@ -16,7 +16,8 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
-from test_comfy_families import CASES, apply, graph, latent, tiny_model  # noqa: E402
+from helpers.tiny_dit import cached_tiny_dit  # noqa: E402
+from test_comfy_families import CASES, apply, graph, latent  # noqa: E402
 
 import krona_core  # noqa: E402
 
@@ -56,7 +57,7 @@ def losses(history: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize("family", sorted(RECIPES))
 def test_train_save_apply_and_the_teacher_gap(comfy_server, family, capsys):
-    model = tiny_model(comfy_server.comfyui_path, family)
+    model = cached_tiny_dit(comfy_server.comfyui_path, family, CASES[family][3])
     comfy_server.add_model("diffusion_models", model)
     history = comfy_server.run(teacher_student_graph(model.name, family), timeout=3600)
     measured = losses(history)
@@ -80,4 +81,3 @@ def test_train_save_apply_and_the_teacher_gap(comfy_server, family, capsys):
     assert np.abs(merged - base).max() > 1e-4 * scale, "the trained adapter has no visible effect"
     assert np.abs(merged - core).max() <= 1e-5 * scale
     assert np.abs(bypass - merged).max() <= 1e-4 * scale
-    assert CASES[family]  # the conditioning the families' tests use
