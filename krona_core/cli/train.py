@@ -148,7 +148,10 @@ def _load(args: argparse.Namespace, device: str, spec):
         if not args.embeddings:
             raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
         table = load_embeddings(args.embeddings)
-        table.require([c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt])
+        prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt]
+        if spec.config.validate_every:  # previews: the validation prompt and "" (classifier-free guidance)
+            prompts += [spec.config.validation_prompt or spec.instance_prompt, ""]
+        table.require(prompts)
         return load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing)
     denoiser = load_base(args.base, args.tokenizer, device=device, dtype=dtype,
                          prediction_type="v_prediction" if args.v_prediction else None)
