@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..krona_core.adapters.targets import PRESETS
+from ..krona_core.families.flow import DISTRIBUTIONS
 from ..krona_core.train.config import TrainConfig, TrainingDiverged, TrainingInterrupted
 from ..krona_core.train.data import CROPS
 from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, describe_defaults, resolve_defaults, run_job
@@ -61,9 +63,12 @@ class TrainKronA(io.ComfyNode):
                         "512 px, SDXL: 1000 at 1024 px, random crop), and the node's text output says which it applied.",
             inputs=[
                 io.Model.Input("model"),
-                io.Clip.Input("clip"),
-                io.Vae.Input("vae"),
-                io.Image.Input("images", tooltip="The instance images (a batch, e.g. from Load Image nodes)."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Encodes the prompts of the images input (and class prompts, validation previews)."),
+                io.Vae.Input("vae", optional=True, tooltip="Encodes the images input; decodes previews."),
+                io.Image.Input("images", optional=True,
+                               tooltip="The instance images (a batch, e.g. from Load Image nodes); or connect latents + "
+                                       "conditioning instead."),
                 io.String.Input("instance_prompt", default="a photo of sks person",
                                 tooltip="Prompt with a rare token for the subject; also the file's trigger words."),
                 io.Int.Input("steps", default=0, min=0, max=100000,
@@ -106,6 +111,15 @@ class TrainKronA(io.ComfyNode):
                              tooltip="Sample a validation image every N steps (fixed seed and prompt)."),
                 io.String.Input("validation_prompt", default="", optional=True),
                 io.String.Input("name", default="KronA", optional=True, tooltip="Name of the run and of its checkpoints."),
+                io.Latent.Input("latents", optional=True,
+                                tooltip="Instead of images: the training latents (e.g. VAE Encode), any model family."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="With latents: their conditioning from any text encoder (one for all latents, "
+                                              "or one per latent, as ComfyUI's Train LoRA)."),
+                io.Combo.Input("timestep_sampling", options=["auto", *DISTRIBUTIONS], default="auto", optional=True,
+                               tooltip="Flow-matching models (Flux, SD3 …): how σ is drawn; auto = the family's rule."),
+                io.Float.Input("flow_shift", default=0.0, min=0.0, max=100.0, step=0.01, optional=True,
+                               tooltip="Flow-matching models: a fixed σ shift (SD3 3.0); 0 = the family's (Flux: by resolution)."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -119,14 +133,15 @@ class TrainKronA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, images, instance_prompt: str, steps: int, learning_rate: float, a1: int, a2: int,
-                targets: str, seed: int, captions: str = "", class_prompt: str = "", class_images=None,
+    def execute(cls, model, instance_prompt: str, steps: int, learning_rate: float, a1: int, a2: int,
+                targets: str, seed: int, clip=None, vae=None, images=None, captions: str = "", class_prompt: str = "", class_images=None,
                 num_class_images: int = 0, prior_loss_weight: float = 1.0, parameter_budget: int = 0,
                 schedule: str = "constant", warmup_steps: int = 0, batch_size: int = 1, grad_accum: int = 4,
                 resolution: int = 0, crop: str = "auto", shuffle_caption: bool = False, keep_tokens: int = 0,
                 caption_dropout: float = 0.0, train_text_encoder: bool = False, noise_offset: float = 0.0,
                 min_snr_gamma: float = 0.0, checkpoint_every: int = 0, preview_every: int = 0,
-                validation_prompt: str = "", name: str = "KronA") -> io.NodeOutput:
+                validation_prompt: str = "", name: str = "KronA", latents=None, conditioning=None,
+                timestep_sampling: str = "auto", flow_shift: float = 0.0) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         run_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (name or "KronA"))
         krona_dir = folders.folder_paths.get_folder_paths(folders.FOLDER)[0]
@@ -138,17 +153,17 @@ class TrainKronA(io.ComfyNode):
             min_snr_gamma=min_snr_gamma or None, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
             validate_every=preview_every, validation_prompt=validation_prompt or None,
             shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, caption_dropout=caption_dropout,
+            timestep_sampling=timestep_sampling, flow_shift=flow_shift or None,
         )
         with torch.inference_mode(False), torch.enable_grad():
-            spec = JobSpec(images=_images(images), captions=[c.strip() for c in (captions or "").splitlines() if c.strip()],
+            spec = JobSpec(images=_images(images) if images is not None else [], captions=[c.strip() for c in (captions or "").splitlines() if c.strip()],
                            instance_prompt=instance_prompt, config=config, resolution=resolution or None,
                            crop=None if crop == "auto" else crop, class_prompt=class_prompt,
                            class_images=_images(class_images) if class_images is not None else (),
                            num_class_images=num_class_images, class_dir=os.path.join(krona_dir, "class_images"),
                            title=run_name, record={"host": "ComfyUI"})
             try:
-                spec.validate()  # before the model is loaded
-                job = _train(model, clip, vae, spec, node_id)
+                job = _train(model, clip, vae, spec, node_id, latents, conditioning)
                 new_model, new_clip, report = apply_to(model, clip, job.file, 1.0, 1.0)
             except (JobError, TrainingDiverged) as exc:
                 raise ValueError(f"Train KronA: {exc}") from None
@@ -163,7 +178,22 @@ class TrainKronA(io.ComfyNode):
                              ui=ui.PreviewText("\n".join([text, *([applied] if applied else []), *report])))
 
 
-def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
+def _with_latents(spec: JobSpec, denoiser: ComfyDenoiser, latents, conditioning) -> JobSpec:
+    """The spec with a LATENT + CONDITIONING input as its examples (in the model's space, through the model's own
+    process_latent_in and extra_conds)."""
+    if latents is None:
+        if conditioning is not None:
+            raise JobError("conditioning is connected without latents: connect the latents it conditions")
+        return spec
+    if conditioning is None:
+        raise JobError("latents need their conditioning (connect e.g. a CLIP Text Encode to conditioning)")
+    samples = latents["samples"]
+    in_space = denoiser.latents_in(samples)
+    conds = [denoiser.model_conds(entry, tuple(samples.shape[1:])) for entry in conditioning]
+    return dataclasses.replace(spec, latents=list(in_space), conds=conds)
+
+
+def _train(model, clip, vae, spec: JobSpec, node_id, latents=None, conditioning=None) -> JobResult:
     """Run the job on ComfyUI's models; the host's model is restored and unhooked whatever happens."""
     bars: dict[str, comfy.utils.ProgressBar] = {}
 
@@ -182,7 +212,10 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
         _send({"node": node_id, "event": "progress", "phase": label, "done": done, "total": total})
 
     events = JobEvents(on_step=on_step, on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
-    with ComfyDenoiser(model, clip, vae, spec.config.train_text_encoder) as denoiser:
+    denoiser = ComfyDenoiser(model, clip, vae, spec.config.train_text_encoder)
+    spec = _with_latents(spec, denoiser, latents, conditioning)
+    spec.validate()  # before the model is loaded
+    with denoiser:
         applied = describe_defaults(resolve_defaults(spec, denoiser.family)[3])
         if applied:  # said before the work starts (the node's text output repeats it at the end)
             log.info("Train KronA: %s", applied)

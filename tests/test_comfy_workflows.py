@@ -68,7 +68,7 @@ def shrink(api: dict) -> dict:
 def test_at_least_one_workflow_chains_krona_with_controlnet():
     types = [{n["type"] for n in json.loads(p.read_text())["nodes"]} for p in UI]
     assert any({"ApplyKronA", "ControlNetApplyAdvanced"} <= t for t in types)
-    assert len(UI) == 6 and all(any(n["type"] == "Note" for n in json.loads(p.read_text())["nodes"]) for p in UI)
+    assert len(UI) == 7 and all(any(n["type"] == "Note" for n in json.loads(p.read_text())["nodes"]) for p in UI)
 
 
 @pytest.mark.comfy
@@ -82,7 +82,7 @@ def test_recorded_node_inputs_are_current(server):
 #: workflows whose text encoders and VAE only exist at fixed real sizes (T5-XXL: 4.7 B parameters):
 #: run with test-only conditioning of the encoders' widths (text, pooled) in their place, the
 #: denoised latent checked instead of the decoded image
-ENCODER_FREE = {"6-krona-txt2img-flux": (4096, 768)}
+ENCODER_FREE = {"6-krona-txt2img-flux": (4096, 768), "7-train-krona-flux-latents": (4096, 768)}
 
 
 def without_encoders(api: dict, width: int, pooled: int) -> dict:
@@ -93,8 +93,10 @@ def without_encoders(api: dict, width: int, pooled: int) -> dict:
         if kind == "CLIPTextEncode":
             api[node_id] = {"class_type": "KronATestConditioning",
                             "inputs": {"width": width, "tokens": 4, "pooled": pooled, "mask": False, "seed": 0}}
-        elif kind in ("DualCLIPLoader", "VAELoader", "SaveImage"):
+        elif kind in ("DualCLIPLoader", "VAELoader", "SaveImage", "LoadImage", "ImageBatch"):
             del api[node_id]
+        elif kind == "VAEEncode":  # the training latents: seeded FLUX-shaped latents in place of encoded photos
+            api[node_id] = {"class_type": "KronATestLatents", "inputs": {"seed": 0, "batch": 2, "channels": 16, "size": 8}}
         elif kind == "VAEDecode":
             api[node_id] = {"class_type": "KronATestLatentValues", "inputs": {"samples": node["inputs"]["samples"], "tag": ""}}
     return api

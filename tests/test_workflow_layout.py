@@ -37,7 +37,7 @@ def test_the_overlap_check_catches_an_overlap():
 
 
 def test_there_are_workflows():
-    assert len(WORKFLOWS) == 6
+    assert len(WORKFLOWS) == 7
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -48,7 +48,8 @@ NODE_TYPES: dict[str, dict] = {
                           ("batch_size", None), ("grad_accum", None), ("resolution", None), ("crop", None), ("shuffle_caption", None),
                           ("keep_tokens", None), ("caption_dropout", None), ("train_text_encoder", None),
                           ("noise_offset", None), ("min_snr_gamma", None), ("checkpoint_every", None), ("preview_every", None),
-                          ("validation_prompt", None), ("name", None)],
+                          ("validation_prompt", None), ("name", None), ("latents", "LATENT"), ("conditioning", "CONDITIONING"),
+                          ("timestep_sampling", None), ("flow_shift", None)],
                    "out": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("KRONA", "KRONA"), ("loss_curve", "IMAGE"), ("previews", "IMAGE")]},
     "UNETLoader": {"in": [("unet_name", None), ("weight_dtype", None)], "out": [("MODEL", "MODEL")]},
     "DualCLIPLoader": {"in": [("clip_name1", None), ("clip_name2", None), ("type", None), ("device", None)],
@@ -65,7 +66,8 @@ TRAIN_DEFAULTS = dict(steps=0, learning_rate=0.001, a1=64, a2=8, targets="attn",
                       num_class_images=0, prior_loss_weight=1.0, parameter_budget=0, schedule="constant", warmup_steps=0,
                       batch_size=1, grad_accum=4, resolution=0, crop="auto", shuffle_caption=False, keep_tokens=0,
                       caption_dropout=0.0, train_text_encoder=False, noise_offset=0.0, min_snr_gamma=0.0,
-                      checkpoint_every=100, preview_every=100, validation_prompt="", name="my-subject")
+                      checkpoint_every=100, preview_every=100, validation_prompt="", name="my-subject",
+                      timestep_sampling="auto", flow_shift=0.0)
 
 
 class Graph:
@@ -269,6 +271,43 @@ def flux() -> Graph:
     return g
 
 
+def flux_train() -> Graph:
+    g = Graph("Train KronA on FLUX.1 latents + conditioning → Save KronA → sample")
+    g.note("1. Load Diffusion Model flux1-dev.safetensors, DualCLIPLoader (clip_l + t5xxl, type flux) and Load VAE ae.safetensors, "
+           "as in the FLUX txt2img example.\n2. Load Image ×2 → Image Batch → VAE Encode: the subject photos as FLUX latents "
+           "(about 1024 px; the trainer takes them as they are).\n3. CLIP Text Encode the instance prompt, FluxGuidance 1.0 "
+           "(the guidance input kohya and ai-toolkit train FLUX [dev] with).\n4. Train KronA gets latents + conditioning "
+           "instead of images + prompt, so any encoder's conditioning works (T5, Qwen-VL …). timestep_sampling auto = the "
+           "family's σ rule (FLUX: logit-normal with the resolution-dependent shift; SD3: shift 3); steps 0 = the family's "
+           "recipe. The instance prompt is stored as the trigger words.\n5. The trained MODEL samples right away "
+           "(FluxGuidance 3.5, cfg 1).", (0, 900), size=(320, 560))
+    unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
+    clip = g.add("DualCLIPLoader", (0, 180), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                              "type": "flux", "device": "default"}, size=(320, 130))
+    vae = g.add("VAELoader", (0, 350), {"vae_name": "ae.safetensors"}, size=(320, 70))
+    img1 = g.add("LoadImage", (0, 460), {"image": "subject1.png"}, size=(300, 200))
+    img2 = g.add("LoadImage", (0, 700), {"image": "subject2.png"}, size=(300, 160))
+    batch = g.add("ImageBatch", (360, 460), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
+    encode = g.add("VAEEncode", (360, 570), {}, {"pixels": (batch, 0), "vae": (vae, 0)}, size=(300, 70))
+    text = g.add("CLIPTextEncode", (360, 40), {"text": "a photo of sks dog"}, {"clip": (clip, 0)}, title="Instance prompt")
+    cond = g.add("FluxGuidance", (360, 240), {"guidance": 1.0}, {"conditioning": (text, 0)}, size=(320, 80))
+    trainer = g.add("TrainKronA", (720, 40), {**TRAIN_DEFAULTS, "instance_prompt": "sks dog", "grad_accum": 1},
+                    {"model": (unet, 0), "latents": (encode, 0), "conditioning": (cond, 0)}, size=(360, 1140))
+    g.add("SaveKronA", (1120, 40), {"filename_prefix": "my-subject-flux", "trigger_words": "sks dog", "metadata": "",
+                                    "float32": False}, {"krona": (trainer, 2)}, size=(320, 200))
+    g.add("PreviewImage", (1120, 300), {}, {"images": (trainer, 3)}, title="Loss curve", size=(420, 300))
+    prompt = g.add("CLIPTextEncode", (1120, 660), {"text": "a photo of sks dog on a beach"}, {"clip": (clip, 0)}, title="Prompt")
+    guided = g.add("FluxGuidance", (1120, 860), {"guidance": 3.5}, {"conditioning": (prompt, 0)}, size=(320, 80))
+    latent = g.add("EmptySD3LatentImage", (1120, 990), {"width": 1024, "height": 1024, "batch_size": 1}, size=(320, 110))
+    sampler = g.add("KSampler", (1580, 40), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                             "denoise": 1.0},
+                    {"model": (trainer, 0), "positive": (guided, 0), "negative": (guided, 0), "latent_image": (latent, 0)},
+                    size=(320, 270))
+    decode = g.add("VAEDecode", (1580, 360), {}, {"samples": (sampler, 0), "vae": (vae, 0)}, size=(320, 60))
+    g.add("SaveImage", (1580, 470), {"filename_prefix": "KronA-flux-trained"}, {"images": (decode, 0)}, size=(380, 400))
+    return g
+
+
 WORKFLOWS = {
     "1-krona-txt2img-lora": txt2img,
     "2-krona-controlnet-canny": controlnet,
@@ -276,6 +315,7 @@ WORKFLOWS = {
     "4-krona-txt2img-sdxl": sdxl,
     "5-krona-img2img-block-strengths": img2img,
     "6-krona-txt2img-flux": flux,
+    "7-train-krona-flux-latents": flux_train,
 }
 
 

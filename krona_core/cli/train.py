@@ -63,6 +63,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=non_negative, default=0, help="sample a preview image every N steps (0: never)")
     p.add_argument("--validation-prompt", default=None, help="prompt of the previews (default: the instance prompt)")
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
+    p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
+                   "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every caption")
+    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="the frozen base's dtype (the adapter always trains in float32)")
+    p.add_argument("--guidance", type=float_range(0.0, 100.0), default=1.0, help="Flux.1 [dev]: the guidance input while training")
+    p.add_argument("--timestep-sampling", choices=["auto", "logit_normal", "uniform"], default="auto",
+                   help="flow transformers: how σ is drawn (auto: the family's, e.g. Flux's resolution-dependent shift)")
+    p.add_argument("--flow-shift", type=positive_float, default=None, help="flow transformers: a fixed σ shift (SD3: 3.0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
@@ -92,7 +100,6 @@ class _CancelOnInterrupt:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..train.config import TrainingInterrupted
-    from ..train.diffusers_backend import load_base
     from ..train.distributed import setup
     from ..train.job import describe_defaults, resolve_defaults, run_job
 
@@ -100,17 +107,13 @@ def run_train(args: argparse.Namespace) -> int:
     spec = _spec(args)
     spec.validate()
     procs = setup(args.device)
-    denoiser = load_base(args.base, args.tokenizer, device=str(procs.device),
-                         prediction_type="v_prediction" if args.v_prediction else None)
+    denoiser = _load(args, str(procs.device), spec)
     applied = describe_defaults(resolve_defaults(spec, denoiser.family)[3])
     if procs.is_main:
         print(applied or "no defaults from the base's recipe: every setting was given", flush=True)
         if spec.class_prompt and not spec.class_images:
             print(f"class images: {spec.num_class_images}, generated once into {spec.class_dir} and reused by later runs",
                   flush=True)
-    if args.gradient_checkpointing:
-        denoiser.unet.enable_gradient_checkpointing()
-        denoiser.unet.train()
     if not procs.is_main:
         spec.config.checkpoint_every = 0
     bars = _Bars(procs.is_main)
@@ -156,6 +159,8 @@ def _check_environment(args: argparse.Namespace) -> None:
         raise ValueError(f"--base {args.base}: no such file or folder (a diffusers folder or a single-file checkpoint)")
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise ValueError(f"--tokenizer {args.tokenizer}: no such folder")
+    if args.embeddings and not os.path.isfile(args.embeddings):
+        raise ValueError(f"--embeddings {args.embeddings}: no such file (a .safetensors of precomputed text embeddings)")
     if args.device is None:
         return
     try:
@@ -167,6 +172,33 @@ def _check_environment(args: argparse.Namespace) -> None:
                          "use --device cpu or install a CUDA build of torch")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _load(args: argparse.Namespace, device: str, spec):
+    """The base as a Denoiser: a flow transformer's diffusers folder (with --embeddings for every
+    prompt `spec` trains or previews on) or an SD base."""
+    import torch
+
+    from ..train.diffusers_backend import BaseLoadError, load_base
+    from ..train.dit_backend import dit_family_of, load_dit
+    from ..train.embeddings import load_embeddings
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
+    if dit_family_of(args.base) is not None:
+        if not args.embeddings:
+            raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
+        table = load_embeddings(args.embeddings)
+        prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt]
+        if spec.config.validate_every:  # previews: the validation prompt and "" (classifier-free guidance)
+            prompts += [spec.config.validation_prompt or spec.instance_prompt, ""]
+        table.require(prompts)
+        return load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing)
+    denoiser = load_base(args.base, args.tokenizer, device=device, dtype=dtype,
+                         prediction_type="v_prediction" if args.v_prediction else None)
+    if args.gradient_checkpointing:
+        denoiser.unet.enable_gradient_checkpointing()
+        denoiser.unet.train()
+    return denoiser
 
 
 def _spec(args: argparse.Namespace):
@@ -192,6 +224,7 @@ def _spec(args: argparse.Namespace):
         checkpoint_dir=args.checkpoint_dir or str(out.with_name(out.name.removesuffix(SUFFIX) + ".checkpoints")),
         validate_every=args.validate_every, validation_prompt=args.validation_prompt,
         shuffle_caption=args.shuffle_caption, keep_tokens=args.keep_tokens, caption_dropout=args.caption_dropout,
+        timestep_sampling=args.timestep_sampling, flow_shift=args.flow_shift,
     )
     return JobSpec(images=[i.image for i in loaded], captions=[i.caption for i in loaded], repeats=[i.repeats for i in loaded],
                    instance_prompt=args.instance_prompt, config=config, resolution=args.resolution,

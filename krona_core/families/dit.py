@@ -26,6 +26,7 @@ from ..naming.clip import WeightSlot
 from ..naming.dit import DiTKeyMap, Part, Rule, signature, strip_prefixes
 from ..naming.kohya import KeyMapError, kohya_key
 from .base import Family, FamilyError, Match, Shapes
+from .flow import SigmaSampling
 
 #: where single-file checkpoints of these families keep the diffusion model: ComfyUI-saved
 #: checkpoints under `model.diffusion_model.`, the original releases and diffusion-model-only files bare
@@ -69,6 +70,7 @@ class DiTFamily(Family):
     default_targets: str = "attn"
     latent_channels: int = 16
     largest_weight: tuple[int, ...] = ()
+    sigma_sampling: SigmaSampling | None = None  # σ draws of its reference trainers (`flow.py`); None: the host's own
 
     # -- structure
     @property

@@ -4,6 +4,7 @@ output and MLP output fused), T5-XXL + CLIP-L conditioning; rectified flow."""
 
 from ..naming.dit import Rule
 from .dit import DiTFamily, Signature, block_rules, qkv_parts
+from .flow import FLUX_SIGMAS
 
 Q, K, V = qkv_parts()
 SQ, SK, SV, SMLP = qkv_parts((1, 1, 1, 4))  # linear1 rows: q, k, v (hidden each), MLP input (4 × hidden)
@@ -12,6 +13,7 @@ SQ, SK, SV, SMLP = qkv_parts((1, 1, 1, 4))  # linear1 rows: q, k, v (hidden each
 DOUBLE = (
     ("attn.to_q", "img_attn.qkv", Q), ("attn.to_k", "img_attn.qkv", K), ("attn.to_v", "img_attn.qkv", V),
     ("attn.add_q_proj", "txt_attn.qkv", Q), ("attn.add_k_proj", "txt_attn.qkv", K), ("attn.add_v_proj", "txt_attn.qkv", V),
+    ("attn.to_qkv", "img_attn.qkv", None), ("attn.to_added_qkv", "txt_attn.qkv", None),  # diffusers' fuse_qkv_projections
     ("attn.to_out.0", "img_attn.proj", None), ("attn.to_add_out", "txt_attn.proj", None),
     ("ff.net.0.proj", "img_mlp.0", None), ("ff.net.2", "img_mlp.2", None),
     ("ff_context.net.0.proj", "txt_mlp.0", None), ("ff_context.net.2", "txt_mlp.2", None),
@@ -51,4 +53,5 @@ FAMILY = DiTFamily(
                       "modelspec.implementation": "https://github.com/black-forest-labs/flux",
                       "modelspec.resolution": "1024x1024"},
     ss_prefix="flux1",
+    sigma_sampling=FLUX_SIGMAS,
 )

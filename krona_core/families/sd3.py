@@ -4,6 +4,7 @@ text (`context_block`) stream, fused qkv per stream, SD3.5 Medium's second image
 
 from ..naming.dit import Rule
 from .dit import DiTFamily, Signature, block_rules, qkv_parts
+from .flow import SD3_SIGMAS
 
 Q, K, V = qkv_parts()
 
@@ -13,6 +14,8 @@ JOINT = (
     ("attn.to_q", "x_block.attn.qkv", Q), ("attn.to_k", "x_block.attn.qkv", K), ("attn.to_v", "x_block.attn.qkv", V),
     ("attn.add_q_proj", "context_block.attn.qkv", Q), ("attn.add_k_proj", "context_block.attn.qkv", K),
     ("attn.add_v_proj", "context_block.attn.qkv", V),
+    ("attn.to_qkv", "x_block.attn.qkv", None), ("attn.to_added_qkv", "context_block.attn.qkv", None),  # fused (diffusers)
+    ("attn2.to_qkv", "x_block.attn2.qkv", None),
     ("attn.to_out.0", "x_block.attn.proj", None), ("attn.to_add_out", "context_block.attn.proj", None),
     ("attn2.to_q", "x_block.attn2.qkv", Q), ("attn2.to_k", "x_block.attn2.qkv", K), ("attn2.to_v", "x_block.attn2.qkv", V),
     ("attn2.to_out.0", "x_block.attn2.proj", None),
@@ -43,4 +46,5 @@ FAMILY = DiTFamily(
                       "modelspec.implementation": "https://github.com/Stability-AI/sd3.5",
                       "modelspec.resolution": "1024x1024"},
     ss_prefix="sd3",
+    sigma_sampling=SD3_SIGMAS,
 )

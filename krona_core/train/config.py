@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from ..families import Family, recipe
+from ..families.flow import DISTRIBUTIONS
 from .dataset import CaptionPolicy
 
 
@@ -55,6 +56,11 @@ class TrainConfig:
     prior_loss_weight: float = 1.0
     noise_offset: float = 0.0
     min_snr_gamma: float | None = None
+    # flow-matching bases (Flux, SD3 …): how σ is drawn; unset = the base family's own rule
+    timestep_sampling: str = "auto"  # auto | logit_normal | uniform
+    flow_shift: float | None = None  # a fixed shift s (σ' = sσ / (1 + (s − 1)σ)); replaces a resolution-dependent one
+    logit_mean: float | None = None
+    logit_std: float | None = None
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU only)
     checkpoint_every: int = 0
     checkpoint_dir: str | None = None
@@ -90,6 +96,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.timestep_sampling not in ("auto", *DISTRIBUTIONS):
+            raise ValueError(f"timestep_sampling must be auto, {' or '.join(DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
+        if self.flow_shift is not None and not (self.flow_shift > 0 and math.isfinite(self.flow_shift)):
+            raise ValueError(f"flow_shift must be a positive number, got {self.flow_shift}")
+        if self.logit_std is not None and not (self.logit_std > 0 and math.isfinite(self.logit_std)):
+            raise ValueError(f"logit_std must be a positive number, got {self.logit_std}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("checkpoint_every needs checkpoint_dir")
         self.captions.validate()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import draw_seed
-from .denoiser import Denoiser, SizeInfo
+from .denoiser import Cond, Denoiser, SizeInfo
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Example:
     prompt: str
     size: SizeInfo
     is_class: bool = False
+    cond: Cond | None = None  # precomputed conditioning (batch of 1): trains on it instead of encoding `prompt`
 
 
 def buckets_for(resolution: int, step: int = 64, max_aspect: float = 2.0) -> list[tuple[int, int]]:
@@ -100,12 +101,15 @@ def prepare_examples(
     return examples
 
 
-def examples_from_latents(latents: torch.Tensor, prompts: Sequence[str], scale: int = 8, is_class: bool = False) -> list[Example]:
-    """Examples straight from latents (teacher–student tests, cached datasets)."""
+def examples_from_latents(latents: torch.Tensor, prompts: Sequence[str], scale: int = 8, is_class: bool = False,
+                          conds: Sequence[Cond] | None = None) -> list[Example]:
+    """Examples straight from latents (teacher–student tests, cached datasets, a host's latents),
+    with their precomputed conditioning when `conds` is given."""
     out = []
-    for lat, prompt in zip(latents, prompts):
+    for i, (lat, prompt) in enumerate(zip(latents, prompts)):
         h, w = lat.shape[-2] * scale, lat.shape[-1] * scale
-        out.append(Example(lat.float().cpu(), prompt, SizeInfo((h, w), (0, 0), (h, w)), is_class))
+        out.append(Example(lat.float().cpu(), prompt, SizeInfo((h, w), (0, 0), (h, w)), is_class,
+                           conds[i] if conds is not None else None))
     return out
 
 
@@ -114,6 +118,10 @@ def dataset_hash(examples: Sequence[Example]) -> str:
     for ex in examples:
         digest.update(ex.prompt.encode())
         digest.update(ex.latent.numpy().astype("float32").tobytes())
+        for key, value in sorted((ex.cond or {}).items()):
+            digest.update(key.encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 

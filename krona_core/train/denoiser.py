@@ -11,6 +11,8 @@ from typing import Protocol, Sequence
 
 import torch
 
+from ..families.flow import SigmaSampling
+
 Cond = dict[str, torch.Tensor]  # batch-first tensors (encoder states, pooled embeds, size ids …)
 
 
@@ -26,8 +28,9 @@ class SizeInfo:
 class Denoiser(Protocol):
     """What the loop needs from a model family."""
 
-    prediction_type: str  # "epsilon" or "v_prediction"
-    alphas_cumprod: torch.Tensor  # (T,) on the CPU
+    prediction_type: str  # "epsilon" or "v_prediction" (VP schedule), or "flow" (rectified flow)
+    alphas_cumprod: torch.Tensor | None  # (T,) on the CPU; None for flow
+    sigma_sampling: "SigmaSampling | None"  # flow: the base family's σ distribution (None for VP)
     device: torch.device
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -37,7 +40,8 @@ class Denoiser(Protocol):
         """Conditioning for a batch; differentiable when text encoders are being trained."""
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """The model's native prediction (ε or v) for VP-noised latents at integer timesteps."""
+        """The model's native prediction: ε or v for VP-noised latents at integer timesteps t, or
+        the velocity ε − x0 for x_t = (1 − σ)·x0 + σ·ε when `t` holds σ ∈ (0, 1) (flow)."""
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] → scaled latents."""

@@ -24,8 +24,8 @@ from ..util.plot import loss_curve, save_png
 from .config import TrainConfig
 from ..families import recipe
 from .class_images import ClassImageKey, base_fingerprint, cached_class_images
-from .data import CROPS, Example, prepare_examples
-from .denoiser import Denoiser
+from .data import CROPS, Example, examples_from_latents, prepare_examples
+from .denoiser import Cond, Denoiser
 from .distributed import Processes
 from .loop import TrainResult, train
 from .sampling import generate_class_examples
@@ -43,7 +43,7 @@ CLASS_SAMPLER_STEPS = 20  # DDIM steps per generated class image
 class JobSpec:
     """What to train. Sizes and counts the family decides when left as None."""
 
-    images: Sequence[torch.Tensor]  # instance images, (3, H, W) in [0, 1]
+    images: Sequence[torch.Tensor]  # instance images, (3, H, W) in [0, 1]; or none, with latents
     instance_prompt: str
     config: TrainConfig = field(default_factory=TrainConfig)
     captions: Sequence[str | None] = ()  # per image; None (or missing) → the instance prompt
@@ -62,12 +62,17 @@ class JobSpec:
     overwrite: bool = False
     float32: bool = False
     bucket_step: int = 64  # side granularity of aspect buckets (64 px = 8 latent pixels for SD VAEs)
+    latents: Sequence[torch.Tensor] = ()  # instead of images: (C, h, w) latents in the model's space …
+    conds: Sequence[Cond] = ()  # … with their conditioning (one for all, or one per latent), e.g. of any text encoder
 
     def validate(self) -> None:
         """Everything that can be checked before a model is touched (raises JobError)."""
         problems = []
-        if not self.images:
-            problems.append("no instance images")
+        if bool(self.images) == bool(self.latents):
+            problems.append("give instance images or latents with conditioning (one of the two)" if self.images
+                            else "no instance images (or latents with conditioning)")
+        if self.latents and len(self.conds) not in (1, len(self.latents)):
+            problems.append(f"{len(self.conds)} conditionings for {len(self.latents)} latents (one for all, or one each)")
         if self.captions and len(self.captions) != len(self.images):
             problems.append(f"{len(self.captions)} captions for {len(self.images)} images (one per image)")
         if self.repeats and (len(self.repeats) != len(self.images) or min(self.repeats) < 1):
@@ -133,12 +138,8 @@ def run_job(denoiser: Denoiser, spec: JobSpec, events: JobEvents | None = None,
     events = events or JobEvents()
     config, resolution, crop, defaults = resolve_defaults(spec, getattr(denoiser, "family", None))
     main = processes is None or processes.is_main
-    events.progress("encoding images", 0, len(spec.images))
-    prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt] * len(spec.images)
-    encoded = prepare_examples(denoiser, list(spec.images), prompts, resolution, bucket_step=spec.bucket_step,
-                               crop=crop, seed=config.seed)
+    encoded = _instance_examples(denoiser, spec, config, resolution, crop, events)
     examples = [ex for ex, n in zip(encoded, spec.repeats or [1] * len(encoded)) for _ in range(n)]
-    events.progress("encoding images", len(spec.images), len(spec.images))
     class_examples = _class_examples(denoiser, spec, config, examples, resolution, events)
     stem = spec.out[: -len(SUFFIX)] if spec.out else None
     preview_paths: list[str] = []
@@ -164,6 +165,22 @@ def run_job(denoiser: Denoiser, spec: JobSpec, events: JobEvents | None = None,
     job = _finish(spec, result, examples, stem if main else None, preview_paths)
     job.defaults = defaults
     return job
+
+
+def _instance_examples(denoiser: Denoiser, spec: JobSpec, config: TrainConfig, resolution: int, crop: str,
+                       events: JobEvents) -> list[Example]:
+    """The instance examples: images bucketed and encoded once, or the given latents with their
+    conditioning (size info at the VAE's 8× scale)."""
+    if spec.latents:
+        conds = list(spec.conds) * len(spec.latents) if len(spec.conds) == 1 else list(spec.conds)
+        return examples_from_latents(torch.stack([lat.float().cpu() for lat in spec.latents]),
+                                     [spec.instance_prompt] * len(spec.latents), conds=conds)
+    events.progress("encoding images", 0, len(spec.images))
+    prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt] * len(spec.images)
+    encoded = prepare_examples(denoiser, list(spec.images), prompts, resolution, bucket_step=spec.bucket_step,
+                               crop=crop, seed=config.seed)
+    events.progress("encoding images", len(spec.images), len(spec.images))
+    return encoded
 
 
 def resolve_defaults(spec: JobSpec, family) -> tuple[TrainConfig, int, str, dict[str, Any]]:

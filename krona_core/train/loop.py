@@ -42,11 +42,15 @@ class TrainResult:
 def attach_adapters(denoiser: Denoiser, config: TrainConfig) -> list[KronANetwork]:
     """Fresh KronA adapters (float32 factors) on the networks `config` trains."""
     handles = []
+    # a backend whose modules the presets do not name as they are (fused diffusers transformers) translates them
+    targets = getattr(denoiser, "resolve_targets", lambda t: t)(config.targets)
+    family = getattr(denoiser, "family", None)
+    base = family.name if family is not None else None  # else attach reads it off the model
     for network, module in denoiser.networks().items():
         if network != "unet" and not config.train_text_encoder:
             continue
-        handles.append(attach(module, config.a1, config.a2, config.targets, budget=config.budget,
-                              network=network, seed=config.seed + len(handles), dtype=torch.float32))
+        handles.append(attach(module, config.a1, config.a2, targets, budget=config.budget,
+                              network=network, base=base, seed=config.seed + len(handles), dtype=torch.float32))
     return handles
 
 
@@ -107,6 +111,9 @@ def fit(
     config.validate()
     if not examples:
         raise ValueError("no training examples")
+    if any(ex.cond is not None for ex in examples) and (config.captions.varies or config.train_text_encoder):
+        raise ValueError("examples with precomputed conditioning train without their captions: caption shuffle, "
+                         "dropout and text-encoder training need prompts")
     run = _Run(denoiser, handles, examples, config, class_examples, rank)
     if resume_from:
         run.resume(resume_from)
@@ -168,6 +175,9 @@ class _Run:
         return self.last_checkpoint
 
     def _cond(self, batch: list[int], pool: Sequence[Example], memo: dict[tuple, Cond], step: int, round_: int) -> Cond:
+        precomputed = [pool[i].cond for i in batch]
+        if all(c is not None for c in precomputed):
+            return stack_cond(precomputed)
         policy, kind = self.config.captions, "class" if pool is self.class_examples else "instance"
         prompts = [policy.apply(pool[i].prompt, draw_seed(self.config.seed, step, round_, slot, kind))
                    for slot, i in enumerate(batch)]

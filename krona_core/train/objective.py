@@ -1,5 +1,5 @@
 """The training objective and its optimisation: the denoising loss in the model's own
-parameterisation (ε or v), min-SNR-γ, noise offset; AdamW (8-bit with bitsandbytes); warm-up +
+parameterisation (ε or v on the VP schedule, or the rectified-flow velocity), min-SNR-γ, noise offset; AdamW (8-bit with bitsandbytes); warm-up +
 constant / cosine / linear schedules."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..families.flow import SigmaSampling
 from .config import TrainConfig
 from .denoiser import Cond, Denoiser
 
@@ -37,6 +38,41 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0 - progress
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
+
+
+def flow_sampling(denoiser: Denoiser, config: TrainConfig) -> SigmaSampling:
+    """The σ distribution a flow-matching run draws from: the base's, with the config's overrides."""
+    base = getattr(denoiser, "sigma_sampling", None) or SigmaSampling()
+    sampling = base.overridden(None if config.timestep_sampling == "auto" else config.timestep_sampling,
+                               config.flow_shift, config.logit_mean, config.logit_std)
+    sampling.validate()
+    return sampling
+
+
+def noise_coefficients(prediction_type: str, level: torch.Tensor, alphas_cumprod: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, s) of x_t = a·x0 + s·ε at noise level `level`, shaped (N, 1, 1, 1): VP objectives take
+    integer timesteps into `alphas_cumprod` (a = √ᾱ, s = √(1 − ᾱ)); flow takes σ (a = 1 − σ, s = σ)."""
+    if prediction_type == "flow":
+        sigma = level.float().view(-1, 1, 1, 1)
+        return 1 - sigma, sigma
+    ab = alphas_cumprod.to(level.device)[level]
+    return ab.sqrt().view(-1, 1, 1, 1), (1 - ab).sqrt().view(-1, 1, 1, 1)
+
+
+def prediction_from_denoised(prediction_type: str, x_t: torch.Tensor, denoised: torch.Tensor, a: torch.Tensor,
+                             s: torch.Tensor) -> torch.Tensor:
+    """The objective's prediction (ε, v = a·ε − s·x0, or the velocity ε − x0) from a model's estimate
+    of x0 at x_t = a·x0 + s·ε (what hosts that return denoised latents, like ComfyUI, give)."""
+    eps = (x_t - a * denoised) / s
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return a * eps - s * denoised
+    return eps - denoised
+
+
 def diffusion_loss(
     denoiser: Denoiser,
     latents: torch.Tensor,
@@ -44,30 +80,51 @@ def diffusion_loss(
     generator: torch.Generator,
     config: TrainConfig,
 ) -> torch.Tensor:
-    """Per-batch denoising loss in the model's own parameterisation (ε or v), min-SNR weighted."""
+    """Per-batch denoising loss in the model's own parameterisation: ε or v at a uniformly drawn
+    timestep of the VP schedule (min-SNR weighted on request), or the rectified-flow velocity
+    ε − x0 at σ from the base's σ sampling (`flow_sampling`)."""
     device = denoiser.device
+    kind = denoiser.prediction_type
     noise = torch.randn(latents.shape, generator=generator)
     if config.noise_offset:
         noise = noise + config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    ab = denoiser.alphas_cumprod
-    t = torch.randint(0, ab.numel(), (latents.shape[0],), generator=generator)
-    a = ab[t].sqrt().view(-1, 1, 1, 1)
-    s = (1 - ab[t]).sqrt().view(-1, 1, 1, 1)
-    x0, noise = latents.to(device), noise.to(device)
-    x_t = a.to(device) * x0 + s.to(device) * noise
-    if denoiser.prediction_type == "v_prediction":
-        target = a.to(device) * noise - s.to(device) * x0
+    if kind == "flow":
+        if config.min_snr_gamma:
+            raise ValueError("min_snr_gamma weights the ε / v objectives; a flow-matching base trains on the velocity")
+        level = flow_sampling(denoiser, config).draw(latents.shape[0], generator, latents.shape[-2:])
+    else:
+        level = torch.randint(0, denoiser.alphas_cumprod.numel(), (latents.shape[0],), generator=generator)
+    a, s = noise_coefficients(kind, level, None if kind == "flow" else denoiser.alphas_cumprod)
+    x0, noise, a, s = latents.to(device), noise.to(device), a.to(device), s.to(device)
+    x_t = a * x0 + s * noise
+    if kind == "v_prediction":
+        target = a * noise - s * x0
+    elif kind == "flow":
+        target = noise - x0
     else:
         target = noise
-    pred = denoiser.predict(x_t, t.to(device), cond)
+    pred = denoiser.predict(x_t, level.to(device), cond)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.dim())))
     if config.min_snr_gamma:
-        snr = (ab[t] / (1 - ab[t])).to(device)
+        ab = denoiser.alphas_cumprod[level]
+        snr = (ab / (1 - ab)).to(device)
         clipped = snr.clamp(max=config.min_snr_gamma)
-        weight = clipped / (snr + 1) if denoiser.prediction_type == "v_prediction" else clipped / snr
+        weight = clipped / (snr + 1) if kind == "v_prediction" else clipped / snr
         per_sample = per_sample * weight
     return per_sample.mean()
 
 
 def stack_cond(conds: Sequence[Cond]) -> Cond:
-    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+    """One batch from per-example conditionings: tensors concatenated along the batch, other values
+    (a host's constants, e.g. a token count) kept when every example has the same."""
+    out: Cond = {}
+    for key, first in conds[0].items():
+        values = [c[key] for c in conds]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.cat(values)
+        elif all(type(v) is type(first) and v == first for v in values[1:]):
+            out[key] = first
+        else:
+            raise ValueError(f"conditioning {key!r} differs between the examples of one batch and cannot be stacked; "
+                             "use batch size 1")
+    return out

@@ -1,5 +1,6 @@
-"""Sampling from the denoiser during training: deterministic DDIM with classifier-free guidance,
-for prior-preservation class images and validation previews."""
+"""Sampling from the denoiser during training, for prior-preservation class images and validation
+previews: deterministic DDIM (VP bases) or Euler on the velocity over the family's shifted σ
+schedule (flow bases), with classifier-free guidance."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from .config import TrainConfig, TrainingInterrupted
 from .data import Example
 from .denoiser import Cond, Denoiser, SizeInfo
-from .objective import stack_cond
+from .objective import flow_sampling, stack_cond
 
 
 @torch.no_grad()
@@ -41,6 +42,38 @@ def ddim_sample(denoiser: Denoiser, cond: Cond, uncond: Cond, shape: tuple[int, 
     return x.float()
 
 
+@torch.no_grad()
+def flow_sample(denoiser: Denoiser, cond: Cond, uncond: Cond | None, shape: tuple[int, ...], seed: int, steps: int = 20,
+                guidance: float = 5.0, progress: Callable[[int, int], None] | None = None,
+                config: TrainConfig | None = None) -> torch.Tensor:
+    """Euler steps x ← x + (σ_next − σ)·v from pure noise at σ = 1 over the base's shifted σ
+    schedule; guidance on the velocity (none when `uncond` is None); returns latents."""
+    sigmas = flow_sampling(denoiser, config or TrainConfig()).schedule(steps, shape[-2:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    both = stack_cond([uncond, cond]) if uncond is not None else cond
+    for i in range(steps):
+        inp = (torch.cat([x, x]) if uncond is not None else x).float().to(denoiser.device)
+        level = torch.full((inp.shape[0],), float(sigmas[i]), device=denoiser.device)
+        v = denoiser.predict(inp, level, both).double().cpu()
+        if uncond is not None:
+            v_u, v_c = v.chunk(2)
+            v = v_u + guidance * (v_c - v_u)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+        if progress is not None:
+            progress(i + 1, steps)
+    return x.float()
+
+
+def sample(denoiser: Denoiser, cond: Cond, uncond: Cond | None, shape: tuple[int, ...], seed: int, steps: int = 20,
+           progress: Callable[[int, int], None] | None = None, config: TrainConfig | None = None) -> torch.Tensor:
+    """Latents from the base's own kind of sampler (DDIM or flow Euler); no guidance without `uncond`."""
+    if denoiser.prediction_type == "flow":
+        return flow_sample(denoiser, cond, uncond, shape, seed, steps, progress=progress, config=config)
+    if uncond is None:
+        return ddim_sample(denoiser, cond, cond, shape, seed, steps, guidance=1.0, progress=progress)
+    return ddim_sample(denoiser, cond, uncond, shape, seed, steps, progress=progress)
+
+
 def class_latents(denoiser: Denoiser, class_prompt: str, indices: Sequence[int], latent_shape: tuple[int, int, int],
                   seed: int, steps: int = 20, should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(index, latent (C, h, w)) of prior-preservation images sampled from the base model (adapters
@@ -53,7 +86,7 @@ def class_latents(denoiser: Denoiser, class_prompt: str, indices: Sequence[int],
     for i in indices:
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(0, None)
-        yield i, ddim_sample(denoiser, cond, uncond, (1, *latent_shape), seed + i, steps)[0]
+        yield i, sample(denoiser, cond, uncond, (1, *latent_shape), seed + i, steps)[0]
 
 
 def generate_class_examples(denoiser: Denoiser, class_prompt: str, count: int, latent_shape: tuple[int, int, int],
@@ -74,12 +107,16 @@ def generate_class_examples(denoiser: Denoiser, class_prompt: str, count: int, l
 def preview(denoiser: Denoiser, config: TrainConfig, like: Example,
             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """One validation image (3, H, W) in [0, 1] at the fixed seed and prompt; progress(done, total)
-    after each sampling step."""
+    after each sampling step. An example with precomputed conditioning and no validation prompt is
+    previewed on its own conditioning, without guidance (there may be no text encoder to encode "")."""
     size = like.size
-    cond = denoiser.encode_prompts([config.validation_prompt or like.prompt], [size])
-    uncond = denoiser.encode_prompts([""], [size])
-    latents = ddim_sample(denoiser, cond, uncond, (1, *like.latent.shape), config.validation_seed, config.validation_steps,
-                          progress=progress)
+    if like.cond is not None and not config.validation_prompt:
+        cond, uncond = like.cond, None
+    else:
+        cond = denoiser.encode_prompts([config.validation_prompt or like.prompt], [size])
+        uncond = denoiser.encode_prompts([""], [size])
+    latents = sample(denoiser, cond, uncond, (1, *like.latent.shape), config.validation_seed, config.validation_steps,
+                     progress=progress, config=config)
     with torch.no_grad():
         image = denoiser.decode_latents(latents.to(denoiser.device)).float().cpu()[0]
     return ((image + 1) / 2).clamp(0, 1)

@@ -186,3 +186,7 @@ class KronATestLatentValues(_Probe):
 
 NODE_CLASS_MAPPINGS.update({"KronATestConditioning": KronATestConditioning,
                             "KronATestLatentValues": KronATestLatentValues})
+
+from .flow_probe import NODE_CLASS_MAPPINGS as _FLOW_PROBES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_FLOW_PROBES)

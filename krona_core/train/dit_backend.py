@@ -1,0 +1,146 @@
+"""The trainer's backend for diffusers flow-matching transformers (Flux.1, SD3 / SD3.5): a
+`Denoiser` over the transformer, its VAE (optional: cached latents train without one) and text
+embeddings precomputed into a file (`embeddings.py`), so no multi-GB text encoder is loaded.
+
+The transformer's separate q / k / v projections are fused first (diffusers' own
+`fuse_qkv_projections`): the fused `to_qkv` / `to_added_qkv` weights are the original models'
+`img_attn.qkv` / `txt_attn.qkv` (Flux) and `x_block.attn.qkv` / `context_block.attn.qkv` (SD3),
+which is how files name them and ComfyUI's LoraLoader applies them (one Kronecker pair per fused
+weight). Flux's single-stream `linear1` has no diffusers counterpart as a whole (its rows are
+`to_q/k/v` and `proj_mlp`), so there the trainable attention weight is `linear2` (`proj_out`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import families
+from ..families.flow import SigmaSampling
+from .denoiser import Cond, SizeInfo
+from .diffusers_backend import BaseLoadError
+from .embeddings import EmbeddingTable
+
+#: the trainable modules of the `attn` preset on a fused diffusers transformer (module-path regex)
+DIT_ATTN_TARGETS = ["re:^transformer_blocks\\.\\d+\\.attn2?\\.(to_qkv|to_added_qkv|to_out\\.0|to_add_out)$",
+                    "re:^single_transformer_blocks\\.\\d+\\.proj_out$"]
+DIT_FF_TARGETS = "re:^transformer_blocks\\.\\d+\\.ff(_context)?\\.net\\.(0\\.proj|2)$"
+
+
+class DiTLoadError(BaseLoadError):
+    """A transformer base that cannot be loaded offline (or run as asked), with the reason."""
+
+
+def fuse_projections(transformer: torch.nn.Module) -> None:
+    """Fuse q / k / v (and the context stream's) with diffusers' own method, and drop the separate
+    projections the fused processors no longer call (so no adapter lands on an unused layer)."""
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if getattr(module, "fused_projections", False) and hasattr(module, "to_qkv"):
+            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                if isinstance(getattr(module, name, None), torch.nn.Linear):
+                    delattr(module, name)
+
+
+class DiTDenoiser:
+    """Flux.1 ([dev] with its guidance input, [schnell]) and SD3 / SD3.5 transformers."""
+
+    prediction_type = "flow"
+    alphas_cumprod = None
+
+    def __init__(self, transformer: torch.nn.Module, embeddings: EmbeddingTable, vae=None,
+                 device: str | torch.device = "cpu", guidance: float = 1.0, gradient_checkpointing: bool = False):
+        self.transformer, self.vae, self.embeddings = transformer, vae, embeddings
+        self.device = torch.device(device)
+        self.family = next((f for f in families.FAMILIES if getattr(f, "diffusers_class", None) == type(transformer).__name__
+                            and f.prediction == "flow"), None)
+        if self.family is None:
+            raise DiTLoadError(f"{type(transformer).__name__} is not a transformer of a family the trainer knows")
+        self.flux = self.family.name == "flux1"
+        self.sigma_sampling = self.family.sigma_sampling or SigmaSampling()
+        self.guidance = guidance
+        fuse_projections(transformer)
+        for module in (transformer, vae):
+            if module is not None:
+                module.requires_grad_(False)
+                module.to(self.device)
+        if gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+            transformer.train()  # diffusers checkpoints only in training mode (no dropout in these models)
+        self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0) or 1.0)
+        self.shift = float(getattr(getattr(vae, "config", None), "shift_factor", 0.0) or 0.0)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.transformer}
+
+    def resolve_targets(self, targets: str | list[str]) -> str | list[str]:
+        """The presets in this model's module names: `attn` (and `attn+ff`) select the fused
+        attention weights and, with ff, the MLPs (never a row slice of an original fused weight)."""
+        if targets == "attn":
+            return list(DIT_ATTN_TARGETS)
+        if targets == "attn+ff":
+            return [*DIT_ATTN_TARGETS, DIT_FF_TARGETS]
+        return targets
+
+    def encode_prompts(self, prompts: Sequence[str], sizes: Sequence[SizeInfo]) -> Cond:
+        conds = [self.embeddings.get(p) for p in prompts]
+        return {k: torch.cat([c[k] for c in conds]).to(self.device) for k in conds[0]}
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        dtype = self.transformer.dtype
+        states = cond["encoder_hidden_states"].to(self.device, dtype)
+        pooled = cond["pooled_projections"].to(self.device, dtype)
+        if not self.flux:
+            return self.transformer(hidden_states=x_t.to(dtype), timestep=t * 1000, encoder_hidden_states=states,
+                                    pooled_projections=pooled, return_dict=False)[0].float()
+        from diffusers import FluxPipeline
+
+        b, c, h, w = x_t.shape
+        packed = FluxPipeline._pack_latents(x_t.to(dtype), b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, dtype)
+        txt_ids = torch.zeros(states.shape[1], 3, device=self.device, dtype=dtype)
+        guidance = (torch.full((b,), self.guidance, device=self.device, dtype=torch.float32)
+                    if self.transformer.config.guidance_embeds else None)
+        out = self.transformer(hidden_states=packed, timestep=t.to(dtype), guidance=guidance, pooled_projections=pooled,
+                               encoder_hidden_states=states, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        return FluxPipeline._unpack_latents(out, h * 8, w * 8, 8).float()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            raise DiTLoadError("this base has no vae/ folder: give cached latents, or a base with its VAE")
+        latents = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean
+        return (latents - self.shift) * self.scaling
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            raise DiTLoadError("this base has no vae/ folder: previews need one")
+        return self.vae.decode(latents.to(self.device, self.vae.dtype) / self.scaling + self.shift).sample
+
+
+def dit_family_of(path: str | Path) -> families.Family | None:
+    """The transformer family of a diffusers folder (pipeline or transformer folder), else None."""
+    family = families.for_diffusers_folder(path) if Path(path).is_dir() else None
+    return family if getattr(family, "prediction", None) == "flow" else None
+
+
+def load_dit(path: str | Path, embeddings: EmbeddingTable, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             guidance: float = 1.0, gradient_checkpointing: bool = False) -> DiTDenoiser:
+    """A diffusers pipeline folder (transformer/ and optionally vae/) or a transformer folder, offline;
+    the transformer in `dtype` (e.g. bf16; the adapters stay float32), the VAE in float32."""
+    import diffusers
+
+    path = Path(path)
+    folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+    try:
+        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["_class_name"]
+        cls = getattr(diffusers, class_name)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise DiTLoadError(f"{folder}: not a diffusers transformer folder ({exc})") from None
+    transformer = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+    vae = None
+    if (path / "vae" / "config.json").is_file():
+        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, torch_dtype=torch.float32)
+    return DiTDenoiser(transformer, embeddings, vae, device, guidance, gradient_checkpointing)

@@ -1,0 +1,65 @@
+"""Tiny seeded diffusers flow transformers (Flux.1, SD3) for the CLI trainer's tests: small widths,
+built from configs, saved with save_pretrained as a pipeline folder (transformer/, vae/)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+PROMPT = "a photo of sks toy"
+CONFIGS = {
+    "flux1": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                             pooled_projection_dim=12, guidance_embeds=True, axes_dims_rope=(4, 6, 6))),
+    "sd3": ("SD3Transformer2DModel", dict(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                          caption_projection_dim=32, pooled_projection_dim=12, pos_embed_max_size=16)),
+}
+VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+           latent_channels=16, norm_num_groups=4, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159)
+
+
+def transformer(family: str, seed: int = 0) -> torch.nn.Module:
+    import diffusers
+
+    name, config = CONFIGS[family]
+    torch.manual_seed(seed)
+    return getattr(diffusers, name)(**config)
+
+
+def embeddings(seed: int = 3, prompts=(PROMPT, "")) -> dict:
+    """{prompt: conditioning} of random but fixed embeddings (the tiny models' 'text encoder')."""
+    g = torch.Generator().manual_seed(seed)
+    return {p: {"encoder_hidden_states": torch.randn(1, 6, 24, generator=g), "pooled_projections": torch.randn(1, 12, generator=g)}
+            for p in prompts}
+
+
+def latents(n: int, seed: int = 3) -> torch.Tensor:
+    """Smooth random latents (16, 8, 8): a dataset the tiny transformer can fit."""
+    return F.interpolate(torch.randn(n, 16, 4, 4, generator=torch.Generator().manual_seed(seed)), size=(8, 8), mode="bilinear")
+
+
+def write_pipeline(folder: Path, family: str, seed: int = 0, vae: bool = True) -> Path:
+    """A diffusers pipeline folder with transformer/ (and a tiny 16-channel vae/)."""
+    from diffusers import AutoencoderKL
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = transformer(family, seed)
+    model.save_pretrained(folder / "transformer")
+    index = {"_class_name": "FluxPipeline" if family == "flux1" else "StableDiffusion3Pipeline",
+             "transformer": ["diffusers", CONFIGS[family][0]]}
+    if vae:
+        torch.manual_seed(seed + 1)
+        AutoencoderKL(**VAE).save_pretrained(folder / "vae")
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model)

@@ -1,0 +1,83 @@
+"""Train KronA on flow-matching transformers in the real ComfyUI (COMFYUI_PATH): tiny seeded SD3 and
+Flux.1 models in ComfyUI's own format (tests/helpers/tiny_dit.py), LATENT + CONDITIONING from test-only
+nodes (the families' text encoders are multi-GB). Teacher–student: a student trained from another
+seed recovers the base → teacher gap of the held-out velocity loss, measured through ComfyUI's own
+sampler path; Train KronA → Save KronA → Apply KronA equals core's LoraLoaderModelOnly on the file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(_TESTS))
+
+from helpers.tiny_dit import cached_tiny_dit  # noqa: E402
+from test_comfy_families import CASES, apply, graph, latent  # noqa: E402
+
+import krona_core  # noqa: E402
+
+pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
+
+#: family: (steps, learning rate, a1, a2) of teacher and student
+RECIPES = {"sd3": (60, 1e-2, 4, 4), "flux1": (24, 2e-3, 64, 8)}
+
+
+def train_inputs(family: str, seed: int, steps: int, lr: float, a1: int, a2: int, name: str) -> dict:
+    return {"model": ["unet", 0], "latents": ["data", 0], "conditioning": ["cond", 0], "instance_prompt": "sks",
+            "steps": steps, "learning_rate": lr, "a1": a1, "a2": a2, "targets": "attn", "seed": seed, "grad_accum": 1,
+            "batch_size": 2, "name": name}
+
+
+def teacher_student_graph(unet: str, family: str) -> dict:
+    steps, lr, a1, a2 = RECIPES[family]
+    g = graph(unet, family)
+    for node in ("latent", "sampler", "probe"):
+        del g[node]
+    g["data"] = {"class_type": "KronATestLatents", "inputs": {"seed": 3, "batch": 6, "channels": 16, "size": 8}}
+    g["held"] = {"class_type": "KronATestLatents", "inputs": {"seed": 4, "batch": 4, "channels": 16, "size": 8}}
+    for role, seed in (("teacher", 1), ("student", 2)):
+        g[role] = {"class_type": "TrainKronA", "inputs": train_inputs(family, seed, steps, lr, a1, a2, f"{role}-{family}")}
+    g["save"] = {"class_type": "SaveKronA", "inputs": {"krona": ["student", 2], "filename_prefix": f"flow/{family}"}}
+    for model in ("unet", "teacher", "student"):
+        for data in ("data", "held"):
+            g[f"loss-{model}-{data}"] = {"class_type": "KronATestFlowLoss", "inputs": {
+                "model": [model, 0], "latents": [data, 0], "conditioning": ["cond", 0], "seed": 11, "draws": 24}}
+    return g
+
+
+def losses(history: dict) -> dict[str, float]:
+    return {node[len("loss-"):]: json.loads(out["text"][0])["loss"] for node, out in history["outputs"].items()
+            if node.startswith("loss-")}
+
+
+@pytest.mark.parametrize("family", [pytest.param("flux1", marks=pytest.mark.slow), "sd3"])  # FLUX: ~13 min on 2 cores
+def test_train_save_apply_and_the_teacher_gap(comfy_server, family, capsys):
+    model = cached_tiny_dit(comfy_server.comfyui_path, family, CASES[family][3])
+    comfy_server.add_model("diffusion_models", model)
+    history = comfy_server.run(teacher_student_graph(model.name, family), timeout=3600)
+    measured = losses(history)
+    gap = {data: (measured[f"unet-{data}"] - measured[f"student-{data}"]) / (measured[f"unet-{data}"] - measured[f"teacher-{data}"])
+           for data in ("data", "held")}
+    with capsys.disabled():
+        print(f"\n{family} in ComfyUI: held-out velocity loss {measured}; gap closed {gap}")
+    assert measured["teacher-data"] < 0.97 * measured["unet-data"]
+    assert min(gap.values()) >= 0.8
+
+    saved = comfy_server.model_dir("krona") / "flow" / f"{family}_00001.krona.safetensors"
+    file = krona_core.load(saved)
+    assert file.base_model == family and file.training["host"] == "ComfyUI"
+    comfy_server.add_model("loras", saved, name=f"flow-{family}.krona.safetensors")
+    base = latent(comfy_server, graph(model.name, family))
+    merged = latent(comfy_server, graph(model.name, family, (apply(f"flow/{family}_00001.krona.safetensors"),)))
+    core = latent(comfy_server, graph(model.name, family, (("LoraLoaderModelOnly", {
+        "lora_name": f"flow-{family}.krona.safetensors", "strength_model": 1.0}),)))
+    bypass = latent(comfy_server, graph(model.name, family, (apply(f"flow/{family}_00001.krona.safetensors", bypass=True),)))
+    scale = max(1.0, float(np.abs(core).max()))
+    assert np.abs(merged - base).max() > 1e-4 * scale, "the trained adapter has no visible effect"
+    assert np.abs(merged - core).max() <= 1e-5 * scale
+    assert np.abs(bypass - merged).max() <= 1e-4 * scale
