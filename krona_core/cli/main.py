@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except UsageError as exc:
         return _fail(str(exc), USAGE_ERROR)
     except ModuleNotFoundError as exc:
