@@ -94,11 +94,12 @@ def krona(unet, materialised: bool = False) -> Attached:
     return Attached(list(handle.parameters()), lambda p: handle.save(p, overwrite=True), handle.remove)
 
 
-def lycoris(unet, bypass: bool) -> Attached:
+def lycoris(unet, bypass: bool, targets: list[tuple[str, torch.nn.Module]] | None = None) -> Attached:
+    """LyCORIS LoKr (full matrix, factor -1) on `targets` (default: the attention projections)."""
     from lycoris.modules.lokr import LokrModule
 
     modules = []
-    for name, module in attn_modules(unet):
+    for name, module in attn_modules(unet) if targets is None else targets:
         lokr = LokrModule("lycoris_" + name.replace(".", "_"), module, 1.0, lora_dim=10**6, alpha=1, factor=-1,
                           full_matrix=True, bypass_mode=bypass)
         with torch.no_grad():
@@ -119,11 +120,11 @@ def lycoris(unet, bypass: bool) -> Attached:
     return Attached([p for m in modules for p in m.parameters()], save, remove)
 
 
-def peft_lora(unet, rank: int = 4) -> Attached:
+def peft_lora(unet, rank: int = 4, target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> Attached:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules)), unet)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
@@ -191,8 +192,9 @@ CONFIGS: dict[str, Callable] = {
 
 
 @contextlib.contextmanager
-def adapter(unet, name: str) -> Iterator[Attached | None]:
-    factory = CONFIGS[name]
+def adapter(unet, name: str, configs: dict[str, Callable] | None = None) -> Iterator[Attached | None]:
+    """Configuration `name` of `configs` (default: this bench's) attached for the block's duration."""
+    factory = (CONFIGS if configs is None else configs)[name]
     attached = factory(unet) if factory else None
     try:
         yield attached

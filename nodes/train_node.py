@@ -15,7 +15,7 @@ from comfy_api.latest import io, ui
 from ..krona_core.adapters.targets import PRESETS
 from ..krona_core.train.config import TrainConfig, TrainingDiverged, TrainingInterrupted
 from ..krona_core.train.data import CROPS
-from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, describe_defaults, run_job
+from ..krona_core.train.job import JobError, JobEvents, JobResult, JobSpec, describe_defaults, resolve_defaults, run_job
 from . import folders
 from .comfy_patch import apply_to
 from .comfy_train import ComfyDenoiser
@@ -159,8 +159,6 @@ class TrainKronA(io.ComfyNode):
         text = (f"trained {run_name}: {len(job.file.modules)} modules, {job.file.num_parameters():,} parameters, final loss "
                 f"{losses[-1]:.4f}" + (f"; checkpoints in {checkpoint_dir}" if job.train.checkpoints else ""))
         applied = describe_defaults(job.defaults)
-        if applied:
-            log.info("Train KronA: %s", applied)
         return io.NodeOutput(new_model, new_clip, job.file, _to_image(job.curve), previews,
                              ui=ui.PreviewText("\n".join([text, *([applied] if applied else []), *report])))
 
@@ -176,7 +174,7 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
     def on_progress(phase: str, done: int, total: int) -> None:
         label = PHASE_LABELS.get(phase, phase)
         if phase in PHASE_LABELS and total:
-            if done == 0:
+            if done == 0 or phase not in bars:  # a phase's start (a reused class-image cache starts above 0)
                 log.info("Train KronA: %s (%d)", label, total)
             if phase == "preview" and done == 0:
                 bars.pop(phase, None)  # a fresh bar per preview
@@ -185,6 +183,10 @@ def _train(model, clip, vae, spec: JobSpec, node_id) -> JobResult:
 
     events = JobEvents(on_step=on_step, on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
     with ComfyDenoiser(model, clip, vae, spec.config.train_text_encoder) as denoiser:
+        applied = describe_defaults(resolve_defaults(spec, denoiser.family)[3])
+        if applied:  # said before the work starts (the node's text output repeats it at the end)
+            log.info("Train KronA: %s", applied)
+            _send({"node": node_id, "event": "progress", "phase": applied, "done": 0, "total": 0})
         try:
             job = run_job(denoiser, spec, events)
         except TrainingInterrupted as exc:

@@ -24,3 +24,16 @@ def test_quick_bench_writes_a_report(tmp_path):
         assert f"| {config} |" in report
     assert "| sd1 | 128 | 248,176 | 797,184 |" in report
     assert (tmp_path / "step-times-quick.png").stat().st_size > 1000
+
+
+def test_quick_flow_block_bench_writes_a_report(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "flow_blocks.py"), "--quick", "--out", str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "FLOW_BLOCKS-quick.md").read_text()
+    for block in ("Flux.1 double block", "SD3.5 Large joint block"):
+        assert f"## {block} (64 wide" in report
+        assert f"| {block}: step ≤ 1.0× LoRA r16 |" in report
+    for config in ("KronA (64, 8)", "PEFT LoRA r16", "LyCORIS LoKr", "LyCORIS LoKr bypass", "no adapter"):
+        assert f"| {config} |" in report

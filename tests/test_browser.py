@@ -1,7 +1,8 @@
 """The web extension in a real browser: ComfyUI with its own frontend (comfyui-frontend-package),
 headless Chromium driven by Playwright. Loads workflow 3 (Train KronA), runs it on tiny models,
 and checks that the live loss chart drew points; workflow 1 shows the trigger-word chips.
-Screenshots go to test-artifacts/browser/ (and to docs/screenshots/ with KRONA_UPDATE_SCREENSHOTS=1).
+Every example workflow opens with no node over another on the frontend's own bounds, and is
+photographed fitted to the view. Screenshots go to test-artifacts/browser/ (and to docs/screenshots/ with KRONA_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 def server(example_server):
     # shared with test_comfy_workflows.py, with the example files (tests/conftest.py); it serves the real frontend
     # a returning user: no first-run template browser over the canvas
-    example_server.post_json("/settings", {"Comfy.TutorialCompleted": True})
+    # and nodes drawn in full at any zoom (no level-of-detail shapes), no minimap over the screenshots
+    example_server.post_json("/settings", {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+                                           "Comfy.Minimap.Visible": False})
     return example_server
 
 
@@ -82,6 +85,28 @@ def screenshot(page, name: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     return path
+
+
+WORKFLOWS = sorted(p.name for p in (ROOT / "example_workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflow_opens_with_no_overlapping_nodes(page, name):
+    load_workflow(page, name)
+    boxes = page.evaluate("""() => window.app.graph._nodes.map(n => {
+        const b = new Float32Array(4); n.getBounding(b); return [`${n.id} ${n.type}`, ...b]; })""")
+    assert len(boxes) == len(json.loads((ROOT / "example_workflows" / name).read_text())["nodes"])
+    clashes = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+               if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+    assert not clashes, f"{name}: nodes overlap on the frontend's bounds: {clashes} (boxes x, y, w, h: {boxes})"
+    page.set_viewport_size({"width": 2000, "height": 1200})  # the widest workflow at a readable zoom
+    try:
+        page.wait_for_timeout(500)  # the canvas takes the new size on its next frame; fit after that
+        page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+        page.wait_for_timeout(700)
+        screenshot(page, f"workflow-{name.removesuffix('.json')}.png")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
 
 
 def test_trigger_word_chips_on_apply_krona(page):

@@ -34,6 +34,11 @@ def test_demo_end_to_end_then_info(tmp_path):
     assert "trigger words:  sks" in info.stdout
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in info.stdout
     assert "total ΔW norm" in info.stdout
+    piped = subprocess.Popen([sys.executable, "-m", "krona_core", "info", str(files[0])], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    piped.stdout.close()  # `krona info … | head`: the reader went away before the first line
+    err = piped.stderr.read()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and piped.wait(timeout=120) != 0
     as_json = cli("info", "--json", str(files[0]), cwd=tmp_path)
     import json
 

@@ -201,11 +201,11 @@ def train() -> Graph:
            "at 1024 px), and the node's text says what it applied. The instance prompt needs a rare token (sks); it is stored as the trigger words. The live loss chart "
            "appears on the node; Cancel stops at a step boundary and keeps the last checkpoint (models/krona/checkpoints/).\n"
            "4. Save KronA writes models/krona/my-subject_00001.krona.safetensors; Apply KronA can load it later.\n"
-           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 840), size=(320, 520))
+           "5. The trained MODEL/CLIP outputs sample right away; the loss curve is previewed.", (0, 1060), size=(320, 520))
     ckpt = g.add("CheckpointLoaderSimple", (0, 40), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"})
-    img1 = g.add("LoadImage", (0, 220), {"image": "subject1.png"}, size=(300, 200))
-    img2 = g.add("LoadImage", (0, 470), {"image": "subject2.png"}, size=(300, 200))
-    batch = g.add("ImageBatch", (0, 720), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
+    img1 = g.add("LoadImage", (0, 220), {"image": "subject1.png"}, size=(300, 320))
+    img2 = g.add("LoadImage", (0, 580), {"image": "subject2.png"}, size=(300, 320))
+    batch = g.add("ImageBatch", (0, 940), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
     trainer = g.add("TrainKronA", (340, 40), {"instance_prompt": "a photo of sks dog", **TRAIN_DEFAULTS},
                     {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "images": (batch, 0)}, size=(360, 1060))
     g.add("SaveKronA", (740, 40), {"filename_prefix": "my-subject", "trigger_words": "sks dog", "metadata": "", "float32": False},

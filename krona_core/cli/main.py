@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from ..convert.errors import ConvertError
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (KronAFileError, BaseLoadError, ConvertError, KeyMapError, FamilyError, JobError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
