@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,19 +29,20 @@ Log = Callable[[str], None]
 @dataclass
 class Recipe:
     seed: int = 0
-    vae_steps: int = 400
-    vae_batch: int = 16
+    vae_steps: int = 800
+    vae_batch: int = 32
     vae_lr: float = 3e-3
     vae_kl: float = 1e-6
     dataset: int = 12000  # training scenes (held-out combinations excluded), encoded once
-    unet_steps: int = 600
-    unet_batch: int = 48
+    unet_steps: int = 1200
+    unet_batch: int = 64
     unet_lr: float = 2e-3
     warmup: int = 50
     caption_dropout: float = 0.1
+    attribute_dropout: float = 0.2  # each optional attribute left out of a caption
     min_snr_gamma: float = 5.0
-    ema: float = 0.99
-    checkpoint_every: int = 100
+    ema: float = 0.995
+    checkpoint_every: int = 200
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -71,15 +73,15 @@ def train_vae(model: world_model.WorldModel, recipe: Recipe, device: torch.devic
 
 
 @torch.no_grad()
-def encode_dataset(model: world_model.WorldModel, recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """Posterior means of the training scenes, unscaled, and their captions."""
+def encode_dataset(model: world_model.WorldModel, recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, list[scenes.Scene]]:
+    """Posterior means of the training scenes, unscaled, and the scenes."""
     pixels, drawn = scenes.sample(recipe.dataset, recipe.seed + 7, heldout=False)
     latents = [model.vae.encode(torch.from_numpy(pixels[i:i + 256]).to(device) * 2 - 1).latent_dist.mean
                for i in range(0, len(pixels), 256)]
-    return torch.cat(latents), [s.caption() for s in drawn]
+    return torch.cat(latents), drawn
 
 
-def train_unet(model: world_model.WorldModel, latents: torch.Tensor, captions: list[str], recipe: Recipe,
+def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list[scenes.Scene], recipe: Recipe,
                device: torch.device, log: Log, checkpoint: Callable[[int, world_model.WorldModel], None]) -> world_model.WorldModel:
     """Returns a copy holding the EMA weights; `checkpoint(step, ema)` at every checkpoint."""
     unet, te = model.unet.to(device).train().requires_grad_(True), model.text_encoder.to(device).train().requires_grad_(True)
@@ -90,14 +92,13 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, captions: l
     snr = ab / (1 - ab)
     weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
     g = torch.Generator().manual_seed(recipe.seed + 11)
-    ids_all = model.tokenizer(captions)
-    empty = model.tokenizer([""])[0]
+    rng = np.random.default_rng(recipe.seed + 13)
     started = time.perf_counter()
     for step in range(recipe.unet_steps):
         idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=g)
         x0 = latents[idx] * model.vae.config.scaling_factor
-        ids = ids_all[idx].clone()
-        ids[torch.rand(len(idx), generator=g) < recipe.caption_dropout] = empty
+        ids = model.tokenizer(["" if rng.random() < recipe.caption_dropout else
+                               scenes.partial_caption(drawn[i], rng, recipe.attribute_dropout) for i in idx.tolist()])
         t = torch.randint(0, ab.numel(), (len(idx),), generator=g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
         a = ab[t].view(-1, 1, 1, 1)
@@ -132,7 +133,7 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
     started = time.perf_counter()
     model = world_model.build(recipe.seed)
     train_vae(model, recipe, device, log)
-    latents, captions = encode_dataset(model, recipe, device)
+    latents, drawn = encode_dataset(model, recipe, device)
     model.vae.register_to_config(scaling_factor=float(1 / latents.std()))
     log(f"encoded {len(latents)} scenes; latent std {latents.std():.3f} → scaling factor {model.vae.config.scaling_factor:.4f}")
 
@@ -143,5 +144,5 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
         log(f"checkpoint at unet step {step} → {out}")
 
     checkpoint(0, model)  # the VAE alone: its reconstructions can be checked while the UNet trains
-    ema = train_unet(model, latents, captions, recipe, device, log, checkpoint)
+    ema = train_unet(model, latents, drawn, recipe, device, log, checkpoint)
     return world_model.WorldModel(ema.unet.cpu(), ema.vae.cpu(), ema.text_encoder.cpu(), ema.tokenizer)

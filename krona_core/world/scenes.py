@@ -34,8 +34,23 @@ class Scene:
     position: str
     background: str
 
-    def caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} at the {self.position} on a {self.background} background"
+    def caption(self, omit: frozenset[str] = frozenset()) -> str:
+        """The full caption, or one without the attributes in `omit` (the shape is always named)."""
+        words = ["a", *(getattr(self, a) for a in ("size", "colour") if a not in omit), self.shape]
+        if "position" not in omit:
+            words += ["at", "the", self.position]
+        if "background" not in omit:
+            words += ["on", "a", self.background, "background"]
+        return " ".join(words)
+
+
+OPTIONAL = ("size", "colour", "position", "background")
+
+
+def partial_caption(scene: Scene, rng: np.random.Generator, drop: float) -> str:
+    """The caption with each optional attribute left out with probability `drop` (pretraining
+    teaches prompts that name only some attributes, e.g. a class prompt "a circle")."""
+    return scene.caption(frozenset(a for a in OPTIONAL if rng.random() < drop))
 
 
 VOCAB = sorted({*"a at the on background".split(), *SHAPES, *COLOURS, *SIZES, *POSITIONS, *BACKGROUNDS})
