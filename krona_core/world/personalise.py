@@ -4,7 +4,7 @@ benchmark's LoRA / LoKr peers), on the same examples, prior-preservation images 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -50,10 +50,11 @@ MakeHandles = Callable[[DiffusersDenoiser, TrainConfig], Sequence]
 
 
 def train_method(denoiser: DiffusersDenoiser, config: TrainConfig = RECIPE, make_handles: MakeHandles | None = None,
-                 data: tuple[list[Example], list[Example]] | None = None) -> TrainResult:
+                 data: tuple[list[Example], list[Example]] | None = None, **kwargs: Any) -> TrainResult:
     """KronA (make_handles None) or the handles `make_handles(denoiser, config)` attaches, trained
-    with the trainer's loop on the task; the adapters stay attached."""
+    with the trainer's loop on the task (keyword arguments are the loop's, e.g. on_step); the
+    adapters stay attached."""
     examples, classes = data or task_examples(denoiser, config)
     if make_handles is None:
-        return train(denoiser, examples, config, class_examples=classes)
-    return fit(denoiser, make_handles(denoiser, config), examples, config, class_examples=classes)
+        return train(denoiser, examples, config, class_examples=classes, **kwargs)
+    return fit(denoiser, make_handles(denoiser, config), examples, config, class_examples=classes, **kwargs)
