@@ -17,6 +17,33 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=120, help="held-out captions generated for prompt following")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    real = parser.add_argument_group("the paper's scores on real generations (CLIP / DINO weights on disk)")
+    real.add_argument("--images", help="folder of generated images (scored instead of the world)")
+    real.add_argument("--references", help="folder of the subject's reference images")
+    real.add_argument("--prompts", help="text file, one prompt per generated image in file-name order")
+    real.add_argument("--clip", help="a local CLIP model folder (transformers CLIPModel + tokenizer): CLIP-I, CLIP-T")
+    real.add_argument("--dino", help="a local DINO ViT folder (transformers ViTModel): DINO")
+
+
+def run_real_eval(args: argparse.Namespace) -> int:
+    from ..eval.clip import clip_scores, dino_score
+    from ..util.images import load_folder
+
+    if not args.references or not (args.clip or args.dino):
+        raise FileNotFoundError("--images needs --references and --clip and/or --dino (local model folders)")
+    images = [img for _, img in load_folder(args.images)]
+    refs = [img for _, img in load_folder(args.references)]
+    scores: dict[str, float] = {}
+    if args.clip:
+        if not args.prompts:
+            raise FileNotFoundError("--clip needs --prompts (one line per generated image)")
+        with open(args.prompts, encoding="utf-8") as fh:
+            prompts = [line.strip() for line in fh if line.strip()]
+        scores.update(clip_scores(args.clip, images, refs, prompts))
+    if args.dino:
+        scores["dino"] = dino_score(args.dino, images, refs)
+    print(json.dumps(scores, indent=2) if args.json else "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -24,6 +51,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..eval.world_metrics import prompt_following, subject_scores
     from ..world import model as world_model
 
+    if args.images:
+        return run_real_eval(args)
     base, recipe = world_model.load(args.base or world_model.WEIGHTS)
     denoiser = base.denoiser()
     report: dict = {"base": str(args.base or world_model.WEIGHTS), "pretraining": recipe,

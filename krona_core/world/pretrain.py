@@ -37,7 +37,8 @@ class Recipe:
     decoder_steps: int = 1500  # then the decoder alone (encoder frozen, so the latents stay the same): sharper edges
     decoder_lr: float = 1e-3
     dataset: int = 12000  # training scenes (held-out combinations excluded), encoded once
-    unet_steps: int = 1200
+    unet_steps: int = 1200  # length of the lr schedule
+    unet_stop: int | None = None  # stop early at this step of it (what the shipped base did, for time)
     unet_batch: int = 64
     unet_lr: float = 2e-3
     warmup: int = 50
@@ -127,7 +128,8 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
     g = torch.Generator().manual_seed(recipe.seed + 11)
     rng = np.random.default_rng(recipe.seed + 13)
     started = time.perf_counter()
-    for step in range(recipe.unet_steps):
+    last = min(recipe.unet_stop or recipe.unet_steps, recipe.unet_steps)
+    for step in range(last):
         idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=g)
         x0 = latents[idx] * model.vae.config.scaling_factor
         ids = model.tokenizer(["" if rng.random() < recipe.caption_dropout else
@@ -148,9 +150,9 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
             for name in ("unet", "text_encoder"):
                 for pe, p in zip(getattr(ema, name).parameters(), getattr(model, name).parameters()):
                     pe.lerp_(p, 1 - recipe.ema)
-        if step % 25 == 0 or step == recipe.unet_steps - 1:
+        if step % 25 == 0 or step == last - 1:
             log(f"unet step {step + 1}/{recipe.unet_steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)")
-        if (step + 1) % recipe.checkpoint_every == 0 or step == recipe.unet_steps - 1:
+        if (step + 1) % recipe.checkpoint_every == 0 or step == last - 1:
             checkpoint(step + 1, ema)
     for module in (unet, te):
         module.eval().requires_grad_(False)
