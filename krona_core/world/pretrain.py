@@ -38,7 +38,7 @@ class Recipe:
     decoder_lr: float = 1e-3
     dataset: int = 12000  # training scenes (held-out combinations excluded), encoded once
     unet_steps: int = 1200  # length of the lr schedule
-    unet_stop: int | None = None  # stop early at this step of it (what the shipped base did, for time)
+    unet_stop: int | None = 1000  # stop early at this step of it (what the shipped base did, for time)
     unet_batch: int = 64
     unet_lr: float = 2e-3
     warmup: int = 50
