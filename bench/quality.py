@@ -192,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=str(world_model.WEIGHTS))
     parser.add_argument("--out", default=str(ROOT / "bench"))
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="how many of the seeds 0, 1, 2 to run")
+    parser.add_argument("--lrs", type=float, nargs="+", default=LRS, help="learning rates (a reduced grid)")
+    parser.add_argument("--steps", type=int, nargs="+", default=STEPS, help="step counts scored")
     args = parser.parse_args(argv)
-    lrs, seeds, steps, samples = (LRS[1:], SEEDS[:1], [2, 4], 1) if args.quick else (LRS, SEEDS[:args.seeds], STEPS, 2)
+    lrs, seeds, steps, samples = (LRS[1:], SEEDS[:1], [2, 4], 1) if args.quick else (args.lrs, SEEDS[:args.seeds], args.steps, 2)
     started = time.perf_counter()
     results = run(Path(args.base), lrs, seeds, steps, samples)
     out, tag = Path(args.out), "-quick" if args.quick else ""

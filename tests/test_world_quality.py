@@ -12,9 +12,9 @@ from krona_core.eval.world_metrics import prompt_following, subject_scores
 from krona_core.world import model as world_model
 from krona_core.world.personalise import RECIPE, task_examples, train_method
 
-STATED_MEAN = 0.0  # per-attribute accuracy on held-out captions (README, QUALITY.md), minus sampling slack
-SUBJECT_GAIN = 0.0  # subject fidelity after the demo's training minus the base's, at least
-PROMPT_SLACK = 0.0  # prompt fidelity may drop at most this much
+STATED_MEAN = 0.55  # mean per-attribute accuracy on held-out captions: measured 0.61 (README), minus sampling slack
+SUBJECT_GAIN = 0.08  # subject fidelity after the demo's training minus the base's, at least
+PROMPT_SLACK = 0.1  # prompt fidelity may drop at most this much
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,13 @@ def single_thread():
 @pytest.fixture(scope="module")
 def world(single_thread):
     base, recipe = world_model.load()
-    return base, recipe, subject_scores(base.denoiser(), samples_per_prompt=2, prior_samples=12)
+    return base, recipe, subject_scores(base.denoiser(), samples_per_prompt=1, prior_samples=6)
 
 
 def test_the_shipped_base_follows_held_out_prompts(world):
     base, recipe, _ = world
-    measured = prompt_following(base.denoiser(), count=48)
+    measured = prompt_following(base.denoiser(), count=24)
+    print(f"prompt following on 24 held-out captions: {measured}")
     assert measured["mean"] >= STATED_MEAN
     assert recipe["prompt_following"]["mean"] >= STATED_MEAN  # the figure stored with the weights
 
@@ -52,6 +53,8 @@ def test_the_demo_recipe_personalises_without_losing_the_prompt(world, method):
     base, _, before = world
     student = base.denoiser(copy.deepcopy(base.unet))
     train_method(student, RECIPE, None if method == "krona" else _lora, task_examples(student))
-    after = subject_scores(student, samples_per_prompt=2, prior_samples=12)
+    after = subject_scores(student, samples_per_prompt=1, prior_samples=6)
+    print(f"{method}: subject {before.subject_fidelity:+.3f} → {after.subject_fidelity:+.3f}, "
+          f"prompt {before.prompt_fidelity:.3f} → {after.prompt_fidelity:.3f}")
     assert after.subject_fidelity - before.subject_fidelity >= SUBJECT_GAIN
     assert after.prompt_fidelity >= before.prompt_fidelity - PROMPT_SLACK
