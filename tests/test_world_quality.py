@@ -58,3 +58,14 @@ def test_the_demo_recipe_personalises_without_losing_the_prompt(world, method):
           f"prompt {before.prompt_fidelity:.3f} → {after.prompt_fidelity:.3f}")
     assert after.subject_fidelity - before.subject_fidelity >= SUBJECT_GAIN
     assert after.prompt_fidelity >= before.prompt_fidelity - PROMPT_SLACK
+
+
+def test_the_eval_command_reports_the_bases_prompt_following(single_thread, capsys):
+    import json
+
+    from krona_core.cli.main import main
+
+    assert main(["eval", "--samples", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["prompt_following"]) == {"shape", "colour", "size", "position", "background", "mean", "all"}
+    assert report["pretraining"]["unet_steps_done"] == 1000
