@@ -24,7 +24,9 @@ LAYERS = {
     "convert": {"ops", "naming", "families", "files"},
     "train": {"ops", "naming", "families", "files", "adapters", "util"},
     "tiny": {"ops", "naming", "families", "files", "adapters", "util", "train"},
-    "cli": {"ops", "naming", "families", "files", "adapters", "util", "train", "convert", "tiny"},
+    "world": {"ops", "naming", "families", "files", "adapters", "util", "train"},
+    "eval": {"ops", "naming", "families", "files", "adapters", "util", "train", "world"},
+    "cli": {"ops", "naming", "families", "files", "adapters", "util", "train", "convert", "tiny", "world", "eval"},
 }
 PRODUCTION = [*CORE.rglob("*.py"), *(ROOT / "nodes").glob("*.py"), *(ROOT / "krona_a1111").glob("*.py"),
               *(ROOT / "scripts").glob("*.py"), ROOT / "__init__.py", ROOT / "install.py"]

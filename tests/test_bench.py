@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,15 @@ def test_quick_flow_block_bench_writes_a_report(tmp_path):
         assert f"| {block}: step ≤ 1.0× LoRA r16 |" in report
     for config in ("KronA (64, 8)", "PEFT LoRA r16", "LyCORIS LoKr", "LyCORIS LoKr bypass", "no adapter"):
         assert f"| {config} |" in report
+
+
+@pytest.mark.slow
+def test_quick_quality_bench_writes_a_report(tmp_path):
+    """bench/quality.py on the shipped world base, 2 rates × 1 seed × 4 steps: every method and the report."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--quick", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "QUALITY-quick.md").read_text()
+    for method in ("KronA (8, 4)", "LoRA r4", "LoRA r1", "LyCORIS LoKr"):
+        assert method in report
+    assert (tmp_path / "quality-quick.png").stat().st_size > 1000

@@ -1,13 +1,16 @@
-"""`python -m krona_core demo`: the whole loop on the embedded tiny default, no downloads.
+"""`python -m krona_core demo`: the whole loop on the embedded world base, no downloads.
 
-train (the real trainer, progress bar with loss) → save .krona.safetensors → reload + validate →
-apply to a fresh copy of the base → check efficient == merged == trained → parameter table on
-the real SD1.5 / SD2.1 / SDXL shapes.
+The shipped world base (a tiny SD1-shaped model pretrained on procedural scenes) learns the
+personalisation task's emblem: train (the real job, prior preservation, progress bar with loss) →
+save .krona.safetensors → before/after grid and metrics (subject fidelity, prompt fidelity, prior
+preservation, base vs adapted, same seeds) → reload + validate → apply to a fresh copy of the base
+→ check efficient == merged == trained → parameter table on the real SD1.5 / SD2.1 / SDXL shapes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -17,41 +20,64 @@ import torch
 
 from ..adapters.apply import apply, load
 from ..adapters.counts import format_table, unet_counts
-from ..tiny.pipeline import build_tiny_pipeline, sample_images
-from ..tiny.teacher import tiny_denoiser
-from ..train.config import TrainConfig
-from ..train.job import JobEvents, JobSpec, run_job
+from ..eval.generate import generate
+from ..eval.world_metrics import LATENT, SubjectScores, subject_scores
+from ..train.job import JobEvents, run_job
+from ..util.grid import image_grid
+from ..util.plot import save_png
 from ..util.progress import ProgressPrinter, unique_path
+from ..world import model as world_model
+from ..world import task
+from ..world.personalise import RECIPE, instance_images, job_spec
 
-DEMO_A1, DEMO_A2 = 8, 4  # the tiny UNet is 32–64 wide; (64, 8) would fall back to a full-size w1
-TRIGGER = "sks"
-PROMPT = f"a photo of {TRIGGER} toy"
+PROMPT = f"a {task.TRIGGER} circle"
 
 
-def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int = 60, seed: int = 0) -> Path:
+def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int | None = None, seed: int = 0) -> Path:
+    """Run the demo; steps None → the task recipe's."""
+    steps = steps or RECIPE.steps
     started = time.perf_counter()
-    pipe = build_tiny_pipeline(seed)
-    base_unet = copy.deepcopy(pipe.unet)  # untouched reference for the reload check
-    denoiser = tiny_denoiser(pipe)
-    images = [(img + 1) / 2 for img in sample_images(4, 32, seed)]
+    base, recipe = world_model.load()
+    denoiser = base.denoiser()
+    base_unet = copy.deepcopy(base.unet)  # untouched reference for the reload check
+    prompts = [p.prompt() for p in task.eval_placements()]
+    before_images = generate(denoiser, prompts, LATENT, seed)
+    before = subject_scores(denoiser, seed=seed)
     path = unique_path(Path(out_dir), "krona-demo")
+    config = dataclasses.replace(RECIPE, steps=steps, seed=seed)
     progress = ProgressPrinter(steps, "training KronA")
-    spec = JobSpec(images=images, instance_prompt=PROMPT, config=TrainConfig(steps=steps, a1=DEMO_A1, a2=DEMO_A2, seed=seed, lr=3e-3),
-                   resolution=32, bucket_step=16, trigger_words=TRIGGER, title=path.name.split(".")[0], out=str(path))
-    job = run_job(denoiser, spec, JobEvents(on_step=lambda done, total, loss, lr: progress.update(done, loss)))
+    job = run_job(denoiser, job_spec(config, str(path), path.name.split(".")[0]),
+                  JobEvents(on_step=lambda done, total, loss, lr: progress.update(done, loss)))
     progress.close()
     handle, losses = job.train.handles[0], job.train.losses
-    print(f"tiny pipeline: UNet {sum(p.numel() for p in pipe.unet.parameters()):,} params, "
-          f"{len(images)} sample images → latents {tuple(job.examples[0].latent.shape)}")
-    print(f"KronA ({DEMO_A1}, {DEMO_A2}) on {len(handle.paths())} attention layers: {handle.num_parameters():,} "
+    print(f"world base ({recipe.get('unet_steps_done', '?')} pretraining steps): UNet "
+          f"{sum(p.numel() for p in base.unet.parameters()):,} params; {len(job.examples)} images of the emblem "
+          f"→ latents {tuple(job.examples[0].latent.shape)}")
+    print(f"KronA ({config.a1}, {config.a2}) on {len(handle.paths())} attention layers: {handle.num_parameters():,} "
           f"trainable parameters; loss (mean of 10 steps) {sum(losses[:10]) / 10:.4f} → {sum(losses[-10:]) / 10:.4f}")
     print(f"saved {path} ({path.stat().st_size:,} bytes), loss curve {job.curve_path}")
-    _check_reload(path, pipe, base_unet, denoiser, job.examples, seed)
+    after_images = generate(denoiser, prompts, LATENT, seed)
+    after = subject_scores(denoiser, seed=seed)
+    grid = path.with_name(path.name.replace(".krona.safetensors", ".grid.png"))
+    references = instance_images()[0]
+    save_png(image_grid([("subject", torch.stack(references).numpy()), ("base", before_images), ("KronA", after_images)]),
+             str(grid))
+    print(f"before/after grid {grid} (columns: {'; '.join(prompts)})")
+    print(format_scores(before, after))
+    _check_reload(path, base.unet, base_unet, denoiser, job.examples, seed)
+    job.remove_adapters()
     print("\ntrainable parameters on the real architectures (attention q/k/v/out, meta device):")
     print(format_table([unet_counts(b) for b in ("sd1", "sd2", "sdxl")], 64, 8, 4))
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s; inspect the file with "
           f"`{_python()} -m krona_core info {path}`" + _activate_hint(path))
     return path
+
+
+def format_scores(before: SubjectScores, after: SubjectScores) -> str:
+    rows = ["metric                 base  → KronA"]
+    for key, value in before.as_dict().items():
+        rows.append(f"{key:<20} {value:7.3f} → {after.as_dict()[key]:7.3f}")
+    return "\n".join(rows)
 
 
 def _python() -> str:
@@ -67,7 +93,8 @@ def _activate_hint(path: Path) -> str:
     return f" (or `krona info {path}` after `source {venv}/bin/activate`)"
 
 
-def _check_reload(path: Path, pipe, base_unet: torch.nn.Module, denoiser, examples, seed: int) -> None:
+def _check_reload(path: Path, trained_unet: torch.nn.Module, base_unet: torch.nn.Module, denoiser, examples,
+                  seed: int) -> None:
     """The saved file, applied to a fresh copy of the base, equals the trained model (efficient and
     merged), and differs from the base."""
     file = load(path)
@@ -78,7 +105,7 @@ def _check_reload(path: Path, pipe, base_unet: torch.nn.Module, denoiser, exampl
     probe = ab.sqrt() * latents + (1 - ab).sqrt() * torch.randn(latents.shape, generator=generator)
     with torch.no_grad():
         states = denoiser.encode_prompts([PROMPT] * len(latents), [e.size for e in examples])["encoder_hidden_states"]
-        trained = pipe.unet(probe, probe_t, states).sample
+        trained = trained_unet(probe, probe_t, states).sample
         reloaded = apply(base_unet, file)
         efficient = base_unet(probe, probe_t, states).sample
         reloaded.merge()

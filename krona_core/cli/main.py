@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(also run as `python -m krona_core`)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train, save, reload and check a KronA adapter on the embedded tiny default")
+    demo = sub.add_parser("demo", help="personalise the embedded world base with KronA: train, grid + metrics, save, reload and check")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--steps", type=positive, default=120, help="training steps (default 120)")
+    demo.add_argument("--steps", type=positive, default=None, help="training steps (default: the task recipe's)")
     demo.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     demo.set_defaults(func=cmd_demo)
 
@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge KronA files into one, or bake one into a checkpoint")
     add_merge_arguments(merge)
     merge.set_defaults(func=run_merge)
+
+    from .world import add_eval_arguments, add_pretrain_arguments, run_eval, run_pretrain
+
+    evaluate = sub.add_parser("eval", help="prompt following of the world base, and subject / prompt fidelity and prior "
+                                           "preservation of an adapter trained on its personalisation task")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+    pretrain = sub.add_parser("pretrain-world", help="reproduce the shipped world base from a seed (GPU when there is one)")
+    add_pretrain_arguments(pretrain)
+    pretrain.set_defaults(func=run_pretrain)
 
     info = sub.add_parser("info", help="metadata and per-layer table of a .krona.safetensors file, or format and "
                                        "module kinds of any adapter file `convert` reads")
