@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .args import non_negative, positive
+from .args import UsageError, non_negative, positive
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def run_real_eval(args: argparse.Namespace) -> int:
     from ..util.images import load_folder
 
     if not args.references or not (args.clip or args.dino):
-        raise FileNotFoundError("--images needs --references and --clip and/or --dino (local model folders)")
+        raise UsageError("--images needs --references and --clip and/or --dino (local model folders)")
     images = [img for _, img in load_folder(args.images)]
     refs = [img for _, img in load_folder(args.references)]
     scores: dict[str, float] = {}
