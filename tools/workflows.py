@@ -280,13 +280,13 @@ def flux_train() -> Graph:
            "instead of images + prompt, so any encoder's conditioning works (T5, Qwen-VL …). timestep_sampling auto = the "
            "family's σ rule (FLUX: logit-normal with the resolution-dependent shift; SD3: shift 3); steps 0 = the family's "
            "recipe. The instance prompt is stored as the trigger words.\n5. The trained MODEL samples right away "
-           "(FluxGuidance 3.5, cfg 1).", (0, 900), size=(320, 560))
+           "(FluxGuidance 3.5, cfg 1).", (0, 1220), size=(320, 560))
     unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
     clip = g.add("DualCLIPLoader", (0, 180), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
                                               "type": "flux", "device": "default"}, size=(320, 130))
     vae = g.add("VAELoader", (0, 350), {"vae_name": "ae.safetensors"}, size=(320, 70))
-    img1 = g.add("LoadImage", (0, 460), {"image": "subject1.png"}, size=(300, 200))
-    img2 = g.add("LoadImage", (0, 700), {"image": "subject2.png"}, size=(300, 160))
+    img1 = g.add("LoadImage", (0, 460), {"image": "subject1.png"}, size=(300, 320))
+    img2 = g.add("LoadImage", (0, 820), {"image": "subject2.png"}, size=(300, 320))
     batch = g.add("ImageBatch", (360, 460), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
     encode = g.add("VAEEncode", (360, 570), {}, {"pixels": (batch, 0), "vae": (vae, 0)}, size=(300, 70))
     text = g.add("CLIPTextEncode", (360, 40), {"text": "a photo of sks dog"}, {"clip": (clip, 0)}, title="Instance prompt")
