@@ -61,7 +61,9 @@ def shrink(api: dict) -> dict:
         if node["class_type"] == "KSampler":
             inputs["steps"] = 3
         if node["class_type"] == "TrainKronA":
-            inputs.update(steps=4, grad_accum=1, resolution=64, checkpoint_every=2, preview_every=4)
+            # previews too where the workflow has them (they sample through the clip input)
+            inputs.update(steps=4, grad_accum=1, resolution=64, checkpoint_every=2,
+                          preview_every=4 if inputs.get("preview_every") else 0)
     return api
 
 

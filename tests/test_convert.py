@@ -262,7 +262,7 @@ def test_merge_into_single_file_and_diffusers_checkpoints(tmp_path):
     path = krona_core.save(tmp_path / "m.krona.safetensors", [h_unet, h_te], dtype=torch.float32)
     file = krona_core.load(path)
     merge_into_checkpoint(ckpt, file, 0.7, tmp_path / "merged.safetensors")
-    with pytest.raises(ConvertError, match="already exists"):
+    with pytest.raises(ConvertError, match="exists; nothing was overwritten"):
         merge_into_checkpoint(ckpt, file, 0.7, tmp_path / "merged.safetensors")
     merged = load_file(tmp_path / "merged.safetensors")
     h_unet.set_strength(0.7)

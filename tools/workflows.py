@@ -280,7 +280,7 @@ def flux_train() -> Graph:
            "instead of images + prompt, so any encoder's conditioning works (T5, Qwen-VL …). timestep_sampling auto = the "
            "family's σ rule (FLUX: logit-normal with the resolution-dependent shift; SD3: shift 3); steps 0 = the family's "
            "recipe. The instance prompt is stored as the trigger words.\n5. The trained MODEL samples right away "
-           "(FluxGuidance 3.5, cfg 1).", (0, 1220), size=(320, 560))
+           "(FluxGuidance 3.5, cfg 1). Previews are off: they need a text encoder wired to Train KronA's clip input.", (0, 1220), size=(320, 560))
     unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
     clip = g.add("DualCLIPLoader", (0, 180), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
                                               "type": "flux", "device": "default"}, size=(320, 130))
@@ -291,7 +291,8 @@ def flux_train() -> Graph:
     encode = g.add("VAEEncode", (360, 570), {}, {"pixels": (batch, 0), "vae": (vae, 0)}, size=(300, 70))
     text = g.add("CLIPTextEncode", (360, 40), {"text": "a photo of sks dog"}, {"clip": (clip, 0)}, title="Instance prompt")
     cond = g.add("FluxGuidance", (360, 240), {"guidance": 1.0}, {"conditioning": (text, 0)}, size=(320, 80))
-    trainer = g.add("TrainKronA", (720, 40), {**TRAIN_DEFAULTS, "instance_prompt": "sks dog", "grad_accum": 1},
+    trainer = g.add("TrainKronA", (720, 40), {**TRAIN_DEFAULTS, "instance_prompt": "sks dog", "grad_accum": 1,
+                                                  "preview_every": 0},
                     {"model": (unet, 0), "latents": (encode, 0), "conditioning": (cond, 0)}, size=(360, 1140))
     g.add("SaveKronA", (1120, 40), {"filename_prefix": "my-subject-flux", "trigger_words": "sks dog", "metadata": "",
                                     "float32": False}, {"krona": (trainer, 2)}, size=(320, 200))
