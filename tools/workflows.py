@@ -143,6 +143,19 @@ def _sampling(g: Graph, model, clip, vae, x: int, prompt: str, negative: str, la
     return g.add("SaveImage", (x + 720, 150), {"filename_prefix": prefix}, {"images": (decode, 0)}, size=(380, 400))
 
 
+def _flux_loaders(g: Graph, clip_y: int, vae_y: int) -> tuple[int, int, int]:
+    """Load Diffusion Model, DualCLIPLoader (clip_l + t5xxl) and Load VAE of FLUX.1 [dev], in the first column."""
+    unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
+    clip = g.add("DualCLIPLoader", (0, clip_y), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                                 "type": "flux", "device": "default"}, size=(320, 130))
+    vae = g.add("VAELoader", (0, vae_y), {"vae_name": "ae.safetensors"}, size=(320, 70))
+    return unet, clip, vae
+
+
+#: FLUX.1 [dev] is guidance-distilled: cfg 1 (FluxGuidance carries the guidance), 20 steps, scheduler simple
+FLUX_SAMPLER = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+
+
 def _checkpoint_and_krona(g: Graph, ckpt_name: str = "v1-5-pruned-emaonly.safetensors",
                           krona_name: str = "my-subject.krona.safetensors", block_strengths: str = "") -> tuple[int, int]:
     """Load Checkpoint → Apply KronA (model and clip), the head of every inference workflow."""
@@ -251,10 +264,7 @@ def flux() -> Graph:
            "my-subject-flux.krona.safetensors; FLUX files adapt the diffusion model only (lora_unet_double_blocks_…, "
            "fused qkv as one module), so CLIP stays unconnected.\n4. FLUX [dev] is guidance-distilled: FluxGuidance 3.5, "
            "KSampler cfg 1.0 (the negative prompt is unused), 20 steps, scheduler simple.", (0, 520), size=(320, 400))
-    unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
-    clip = g.add("DualCLIPLoader", (0, 200), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
-                                              "type": "flux", "device": "default"}, size=(320, 130))
-    vae = g.add("VAELoader", (0, 390), {"vae_name": "ae.safetensors"}, size=(320, 70))
+    unet, clip, vae = _flux_loaders(g, 200, 390)
     krona = g.add("ApplyKronA", (360, 40), {"krona_name": "my-subject-flux.krona.safetensors", "strength_model": 1.0,
                                             "strength_clip": 1.0, "bypass": False, "block_strengths": ""},
                   {"model": (unet, 0)}, size=(320, 200))
@@ -262,8 +272,7 @@ def flux() -> Graph:
                    title="Prompt (use the trigger words)")
     guided = g.add("FluxGuidance", (360, 490), {"guidance": 3.5}, {"conditioning": (prompt, 0)}, size=(320, 80))
     latent = g.add("EmptySD3LatentImage", (360, 630), {"width": 1024, "height": 1024, "batch_size": 1}, size=(320, 110))
-    sampler = g.add("KSampler", (720, 40), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                            "denoise": 1.0},
+    sampler = g.add("KSampler", (720, 40), FLUX_SAMPLER,
                     {"model": (krona, 0), "positive": (guided, 0), "negative": (guided, 0), "latent_image": (latent, 0)},
                     size=(320, 270))
     decode = g.add("VAEDecode", (1080, 40), {}, {"samples": (sampler, 0), "vae": (vae, 0)}, size=(320, 60))
@@ -281,10 +290,7 @@ def flux_train() -> Graph:
            "family's σ rule (FLUX: logit-normal with the resolution-dependent shift; SD3: shift 3); steps 0 = the family's "
            "recipe. The instance prompt is stored as the trigger words.\n5. The trained MODEL samples right away "
            "(FluxGuidance 3.5, cfg 1). Previews are off: they need a text encoder wired to Train KronA's clip input.", (0, 1220), size=(320, 560))
-    unet = g.add("UNETLoader", (0, 40), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, size=(320, 100))
-    clip = g.add("DualCLIPLoader", (0, 180), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
-                                              "type": "flux", "device": "default"}, size=(320, 130))
-    vae = g.add("VAELoader", (0, 350), {"vae_name": "ae.safetensors"}, size=(320, 70))
+    unet, clip, vae = _flux_loaders(g, 180, 350)
     img1 = g.add("LoadImage", (0, 460), {"image": "subject1.png"}, size=(300, 320))
     img2 = g.add("LoadImage", (0, 820), {"image": "subject2.png"}, size=(300, 320))
     batch = g.add("ImageBatch", (360, 460), {}, {"image1": (img1, 0), "image2": (img2, 0)}, size=(300, 70))
@@ -300,8 +306,7 @@ def flux_train() -> Graph:
     prompt = g.add("CLIPTextEncode", (1120, 660), {"text": "a photo of sks dog on a beach"}, {"clip": (clip, 0)}, title="Prompt")
     guided = g.add("FluxGuidance", (1120, 860), {"guidance": 3.5}, {"conditioning": (prompt, 0)}, size=(320, 80))
     latent = g.add("EmptySD3LatentImage", (1120, 990), {"width": 1024, "height": 1024, "batch_size": 1}, size=(320, 110))
-    sampler = g.add("KSampler", (1580, 40), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                             "denoise": 1.0},
+    sampler = g.add("KSampler", (1580, 40), FLUX_SAMPLER,
                     {"model": (trainer, 0), "positive": (guided, 0), "negative": (guided, 0), "latent_image": (latent, 0)},
                     size=(320, 270))
     decode = g.add("VAEDecode", (1580, 360), {}, {"samples": (sampler, 0), "vae": (vae, 0)}, size=(320, 60))
