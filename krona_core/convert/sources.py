@@ -125,14 +125,15 @@ def read_source(path: str | os.PathLike, base: str | None = None, unet_map: UNet
         if family is None:
             raise ConvertError(f"{path}: cannot tell the base model from the cross-attention widths; pass --base "
                                f"{', '.join(families.names())}")
-        modules = _named(raw, reader, family, unet_map, path)
+        modules = _named(raw, reader, family, unet_map, path, limit)
     else:
         modules = {name: module for (_, name), module in raw.items()}
     fmt = lokr_format(tensors) if type(reader) is LoKrReader else reader.format
     return Source(path, fmt, family.name if family else None, modules, metadata, sha256_file(path))
 
 
-def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | None, path: str) -> dict[str, SourceModule]:
+def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | None, path: str,
+           limit: int) -> dict[str, SourceModule]:
     """The modules of a diffusers / ldm-named file under their kohya names; row parts of a fused
     weight assembled into it (`fused_module`)."""
     modules, parts = {}, {}
@@ -146,7 +147,6 @@ def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | No
         except KeyMapError as exc:
             raise ConvertError(f"{path}: module {name!r}: {exc}") from None
         modules[kohya] = dataclasses.replace(module, name=kohya)
-    limit = families.delta_limit(family)
     modules.update({name: fused_module(name, found, path, limit) for name, found in parts.items()})
     return modules
 
