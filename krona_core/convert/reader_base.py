@@ -38,6 +38,11 @@ class Reader(ABC):
     def module(self, name: str, parts: Parts, path: str) -> SourceModule:
         """The module of one group of parts."""
 
+    def module_path(self, module: str, family: Family) -> str:
+        """The module path `kohya_name` and the family's fused-weight table read, from the module
+        as the file names it (the same for every reader but the underscored-name ones)."""
+        return module
+
     def kohya_name(self, network: str, module: str, family: Family, unet_map=None) -> str:
         """The module's kohya name; `unet_map`: the layout of the model it is for, when that is not
         the family's real one (reduced test models)."""

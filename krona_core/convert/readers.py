@@ -14,8 +14,6 @@ from typing import Mapping
 
 import torch
 
-from ..naming.kohya import KeyMapError
-from ..naming.unet import dotted_diffusers_unet
 from .errors import ConvertError
 from .kinds import Dense, LowRank, Official, SourceModule
 from .lokr import PARTS as LOKR_PARTS
@@ -57,22 +55,60 @@ class LoKrReader(Reader):
         return lokr_module(name, parts, path)
 
 
-class LycorisLoKrReader(LoKrReader):
-    """LyCORIS's own wrapper names, `lycoris_<underscored diffusers UNet path>` (SimpleTuner)."""
+class UnderscoredNames:
+    """Readers of files naming a module `<prefix><its diffusers path, dots → underscores>`: the
+    family dots the path again (`Family.dotted_path`); the name keeps its prefix for detection and
+    messages."""
 
-    format = "lycoris-lokr"
-    pattern = re.compile(rf"^lycoris_([A-Za-z0-9_]+)\.({_LOKR_PART})$")
+    prefix: str
     needs_family = True
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        out = {}
-        for (_, module), parts in super().groups(tensors, path).items():
-            try:
-                out[("unet", dotted_diffusers_unet(module))] = parts
-            except KeyMapError as exc:
-                raise ConvertError(f"{path}: key 'lycoris_{module}': {exc}") from None
-        return out
+        return {("unet", module): parts for (_, module), parts in super().groups(tensors, path).items()}
 
+    def module_path(self, module: str, family) -> str:
+        return family.dotted_path(module[len(self.prefix):])
+
+
+def _underscored(prefix: str, parts: str) -> re.Pattern:
+    return re.compile(rf"^({prefix}[A-Za-z0-9_-]+)\.({parts})$")
+
+
+class LycorisLoKrReader(UnderscoredNames, LoKrReader):
+    """LyCORIS's own wrapper names, `lycoris_<underscored diffusers path>` (SimpleTuner, which wraps
+    the UNet or the transformer with `lycoris.create_lycoris`; ai-toolkit's old LoKr format)."""
+
+    format = "lycoris-lokr"
+    prefix = "lycoris_"
+    pattern = _underscored(prefix, _LOKR_PART)
+
+
+class OneTrainerLoKrReader(UnderscoredNames, LoKrReader):
+    """OneTrainer's legacy names of the transformer families, `lora_transformer_<underscored diffusers path>`."""
+
+    format = "onetrainer-lokr"
+    prefix = "lora_transformer_"
+    pattern = _underscored(prefix, _LOKR_PART)
+
+
+class TransformerLoKrReader(LoKrReader):
+    """LoKr in diffusers names behind `transformer.` with LyCORIS `alpha` tensors: OneTrainer's
+    diffusers / internal format and ai-toolkit's. Without any `alpha` a file is PEFT's (`peft_lokr.py`)."""
+
+    format = "transformer-lokr"
+    pattern = re.compile(rf"^(transformer)\.(.+?)\.({_LOKR_PART})$")
+    needs_family = True
+    diffusers_components = True
+
+    def claims(self, tensors: Mapping[str, torch.Tensor]) -> bool:
+        return super().claims(tensors) and any(k.endswith(".alpha") for k in tensors)
+
+    def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
+        out: dict[tuple[str, str], Parts] = {}
+        for key, value in tensors.items():
+            m = self.pattern.fullmatch(key)
+            out.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = value
+        return out
 
 
 def diffusion_model_groups(groups: dict[tuple[str, str], Parts], path: str) -> dict[tuple[str, str], Parts]:
@@ -108,15 +144,34 @@ class ComfyLoKrReader(LoKrReader):
         return diffusion_model_groups(groups, path)
 
 
+_LORA_PART = r"lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha"
+
+
 class KohyaLoRAReader(Reader):
     format = "lora"
-    pattern = re.compile(rf"^({KOHYA_NAME})\.(lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha)$")
+    pattern = re.compile(rf"^({KOHYA_NAME})\.({_LORA_PART})$")
 
     def module(self, name: str, parts: Parts, path: str) -> LowRank:
         need_parts(parts, ("lora_down.weight", "lora_up.weight"), name, path, "lora_down/lora_up weights")
         if "lora_mid.weight" in parts:
             raise ConvertError(f"{path}: {name}: LoCon Tucker (lora_mid) modules are not supported; convert them without --cp")
         return lora_module(name, parts["lora_down.weight"], parts["lora_up.weight"], parts.get("alpha"), path)
+
+
+class LycorisLoRAReader(UnderscoredNames, KohyaLoRAReader):
+    """LoRA / LoCon in LyCORIS's wrapper names (SimpleTuner's LyCORIS `lora` algorithm)."""
+
+    format = "lycoris-lora"
+    prefix = "lycoris_"
+    pattern = _underscored(prefix, _LORA_PART)
+
+
+class OneTrainerLoRAReader(UnderscoredNames, KohyaLoRAReader):
+    """OneTrainer's legacy LoRA names of the transformer families (`lora_transformer_…`)."""
+
+    format = "onetrainer-lora"
+    prefix = "lora_transformer_"
+    pattern = _underscored(prefix, _LORA_PART)
 
 
 class DenseReader(Reader):
@@ -216,7 +271,8 @@ class PeftLoRAReader(Reader):
 
 
 #: in claiming order: the official reader must see processor keys before PEFT's
-READERS: tuple[Reader, ...] = (OfficialReader(), LoKrReader(), LycorisLoKrReader(), ComfyLoKrReader(), KohyaLoRAReader(),
+READERS: tuple[Reader, ...] = (OfficialReader(), LoKrReader(), LycorisLoKrReader(), OneTrainerLoKrReader(), ComfyLoKrReader(),
+                               TransformerLoKrReader(), KohyaLoRAReader(), LycorisLoRAReader(), OneTrainerLoRAReader(),
                                ComfyLoRAReader(), PeftLoRAReader(), PeftLoKrReader(), DenseReader())
 
 

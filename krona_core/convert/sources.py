@@ -139,11 +139,13 @@ def _named(raw: dict, reader, family: families.Family, unet_map: UNetKeyMap | No
     modules, parts = {}, {}
     for (network, name), module in raw.items():
         try:
-            fused = family.fused_part(family.network_of_diffusers(network) if reader.diffusers_components else network, name)
+            module_path = reader.module_path(name, family)
+            fused = family.fused_part(family.network_of_diffusers(network) if reader.diffusers_components else network,
+                                      module_path)
             if fused is not None:
                 parts.setdefault(fused[0], []).append((fused[1], module))
                 continue
-            kohya = reader.kohya_name(network, name, family, unet_map)
+            kohya = reader.kohya_name(network, module_path, family, unet_map)
         except KeyMapError as exc:
             raise ConvertError(f"{path}: module {name!r}: {exc}") from None
         modules[kohya] = dataclasses.replace(module, name=kohya)

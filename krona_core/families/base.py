@@ -80,6 +80,12 @@ class Family(ABC):
         """kohya adapter name of a module, in the path style kohya writes for this family."""
 
     @abstractmethod
+    def dotted_path(self, underscored: str) -> str:
+        """The diffusion model's module path of its fully underscored diffusers form (LyCORIS's
+        `lycoris_…` names, OneTrainer's `lora_transformer_…`, the prefix removed), dotted where the
+        family's naming needs the dots; a KeyMapError when it is not a path of the family."""
+
+    @abstractmethod
     def checkpoint_slot(self, network: str, param_key: str, unet_map=None) -> WeightSlot:
         """Where a parameter lives in a single-file checkpoint of this family."""
 

@@ -105,6 +105,19 @@ class DiTFamily(Family):
             return path, None
         raise KeyMapError(f"{module_path!r} is not a {self.title} module path (original or diffusers) this pack maps")
 
+    def dotted_path(self, underscored: str) -> str:
+        """The diffusers path a rule names (`transformer_blocks_0_attn_to_q` → `…blocks.0.attn.to_q`);
+        else an original path under one of the family's roots, the root dotted off and the rest kept
+        underscored (kohya names underscore it anyway: Qwen-Image's names are its diffusers ones)."""
+        found = self.key_map().dotted(underscored)
+        if found is not None:
+            return found
+        for root in sorted(self.original_roots, key=len, reverse=True):
+            if underscored == root or underscored.startswith(root + "_"):
+                return root + underscored[len(root):].replace("_", ".", 1)
+        raise KeyMapError(f"{underscored!r} is not an underscored {self.title} module path (diffusers or original) "
+                          "this pack maps")
+
     def fused_part(self, network: str, module_path: str) -> tuple[str, Part] | None:
         path, part = self.original_path(module_path)
         return (kohya_key("unet", path), part) if part is not None else None

@@ -14,7 +14,7 @@ import torch
 
 from ..naming.clip import WeightSlot, hf_clip_to_open_clip, open_clip_to_hf
 from ..naming.kohya import KeyMapError, kohya_key, normalize_path
-from ..naming.unet import UNetKeyMap, UNetLayout, strip_unet_prefix, unet_style
+from ..naming.unet import UNetKeyMap, UNetLayout, dotted_diffusers_unet, strip_unet_prefix, unet_style
 from .base import Family, FamilyError, Match, Shapes
 
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -144,6 +144,9 @@ class SDFamily(Family):
         unet_map = unet_map or self.unet_key_map()
         converted = unet_map.to_ldm(path) if self.kohya_unet_style == "ldm" else unet_map.to_diffusers(path)
         return kohya_key("unet", converted)
+
+    def dotted_path(self, underscored: str) -> str:
+        return dotted_diffusers_unet(underscored)
 
     def checkpoint_slot(self, network: str, param_key: str, unet_map: UNetKeyMap | None = None) -> WeightSlot:
         """param_key: diffusers- or ldm-style for the UNet, Hugging Face style for text encoders."""

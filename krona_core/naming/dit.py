@@ -46,8 +46,10 @@ class Rule:
     original: str
     part: Part | None = None
 
-    def compiled(self) -> re.Pattern:
-        return re.compile(re.escape(self.diffusers).replace(r"\{i\}", r"(?P<i>\d+)"))
+    def compiled(self, underscored: bool = False) -> re.Pattern:
+        """The pattern of its diffusers path, dotted or fully underscored (`underscored`)."""
+        path = self.diffusers.replace(".", "_") if underscored else self.diffusers
+        return re.compile(re.escape(path).replace(r"\{i\}", r"(?P<i>\d+)"))
 
 
 def strip_prefixes(path: str) -> str:
@@ -64,6 +66,7 @@ class DiTKeyMap:
     def __init__(self, rules: tuple[Rule, ...]):
         self.rules = rules
         self._compiled = [(r.compiled(), r) for r in rules]
+        self._underscored = [(r.compiled(underscored=True), r) for r in rules]
 
     def to_original(self, diffusers_path: str) -> tuple[str, Part | None] | None:
         """(original path, row part of a fused weight or None), or None for a path no rule names."""
@@ -72,6 +75,16 @@ class DiTKeyMap:
             m = pattern.fullmatch(path)
             if m is not None:
                 return rule.original.format(i=m.groupdict().get("i")), rule.part
+        return None
+
+    def dotted(self, underscored: str) -> str | None:
+        """The diffusers path of its fully underscored form (`transformer_blocks_0_attn_to_q`, as
+        LyCORIS's `lycoris_…` and OneTrainer's `lora_transformer_…` names write it), or None for a
+        path no rule names."""
+        for pattern, rule in self._underscored:
+            m = pattern.fullmatch(underscored)
+            if m is not None:
+                return rule.diffusers.format(i=m.groupdict().get("i"))
         return None
 
     def parts_of(self, original_path: str) -> list[tuple[str, Part | None]]:
