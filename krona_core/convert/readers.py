@@ -96,7 +96,7 @@ class TransformerLoKrReader(LoKrReader):
     diffusers / internal format and ai-toolkit's. Without any `alpha` a file is PEFT's (`peft_lokr.py`)."""
 
     format = "transformer-lokr"
-    pattern = re.compile(rf"^(transformer)\.(.+?)\.({_LOKR_PART})$")
+    pattern = re.compile(rf"^(transformer\..+?)\.({_LOKR_PART})$")
     needs_family = True
     diffusers_components = True
 
@@ -104,11 +104,8 @@ class TransformerLoKrReader(LoKrReader):
         return super().claims(tensors) and any(k.endswith(".alpha") for k in tensors)
 
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
-        out: dict[tuple[str, str], Parts] = {}
-        for key, value in tensors.items():
-            m = self.pattern.fullmatch(key)
-            out.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = value
-        return out
+        """The transformer's modules, named with their prefix (the family's naming strips it)."""
+        return {("transformer", module): parts for (_, module), parts in super().groups(tensors, path).items()}
 
 
 def diffusion_model_groups(groups: dict[tuple[str, str], Parts], path: str) -> dict[tuple[str, str], Parts]:
