@@ -203,3 +203,19 @@ def test_mistyped_and_unknown_keys_are_refused_naming_the_key(style, tmp_path):
     sd_names = corpus.write(tmp_path / "wrong-base.safetensors", style)
     with pytest.raises(ConvertError, match="wrong-base.safetensors: module"):
         read_source(sd_names, base="sd1")
+
+
+@pytest.mark.parametrize("style, fmt", [("simpletuner", "lycoris-lora"), ("onetrainer-legacy", "onetrainer-lora")])
+def test_lora_files_in_the_underscored_styles(style, fmt, tmp_path):
+    """The same names on LoRA modules (LyCORIS `lora` / LoCon, OneTrainer's legacy LoRA): ΔW =
+    up · down · alpha / rank, q / k / v stacked into the fused weight."""
+    g, key, tensors, deltas = torch.Generator().manual_seed(4), STYLES[style][1], {}, {}
+    for p in "qkv":
+        down, up = torch.randn(2, H, generator=g), torch.randn(H, 2, generator=g)
+        name = key(f"transformer_blocks.0.attn.to_{p}")
+        tensors.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(4.0)})
+        deltas[p] = up.double() @ down.double() * 4.0 / 2
+    source = read_source(save(tmp_path / f"lora-{style}.safetensors", tensors), base="flux1")
+    assert source.format == fmt and list(source.modules) == ["lora_unet_double_blocks_0_img_attn_qkv"]
+    qkv = source.modules["lora_unet_double_blocks_0_img_attn_qkv"].dense()
+    assert torch.allclose(qkv, torch.cat([deltas[p] for p in "qkv"]), atol=1e-5)
