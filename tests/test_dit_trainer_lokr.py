@@ -23,6 +23,7 @@ LyCORIS's (OneTrainer's `LoKrModule`: alpha / dim, alpha = dim when both halves 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -219,3 +220,24 @@ def test_lora_files_in_the_underscored_styles(style, fmt, tmp_path):
     assert source.format == fmt and list(source.modules) == ["lora_unet_double_blocks_0_img_attn_qkv"]
     qkv = source.modules["lora_unet_double_blocks_0_img_attn_qkv"].dense()
     assert torch.allclose(qkv, torch.cat([deltas[p] for p in "qkv"]), atol=1e-5)
+
+
+def test_peft_lokr_behind_transformer_takes_its_config_scale(tmp_path):
+    """Without LyCORIS `alpha` tensors a `transformer.` LoKr file is PEFT's (diffusers'
+    `save_lora_weights` prefix): alpha / r from its config for every module, full or decomposed."""
+    corpus, _ = flux_corpus()
+    modules = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
+               "transformer_blocks.0.attn.to_out.0"]
+    tensors = {f"transformer.{m}.{part}": t for m in modules for part, t in corpus.parts[m].items() if part != "alpha"}
+    path = save(tmp_path / "peft.safetensors", tensors,
+                {"lora_adapter_metadata": json.dumps({"peft_type": "LOKR", "r": 4, "alpha": 2})})
+    source = read_source(path, base="flux1")
+    assert source.format == "peft-lokr"
+
+    def unscaled(m: str) -> torch.Tensor:
+        parts = corpus.parts[m]
+        return kron_blocks(parts["lokr_w1"], parts["lokr_w2"] if "lokr_w2" in parts else parts["lokr_w2_a"] @ parts["lokr_w2_b"])
+
+    expected = {"lora_unet_double_blocks_0_img_attn_qkv": torch.cat([unscaled(m) for m in modules[:3]]) * 2 / 4,
+                "lora_unet_double_blocks_0_img_attn_proj": unscaled(modules[3]) * 2 / 4}
+    check_modules(source, expected, {"lora_unet_double_blocks_0_img_attn_proj"})

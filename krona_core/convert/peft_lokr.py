@@ -1,6 +1,7 @@
 """PEFT LoKr files: `base_model.model.<path>.lokr_w1[.default]` (a PeftModel's state dict),
-`unet.<path>.lokr_w1` (diffusers' component prefix) or a bare `<path>.lokr_w1`
-(`get_peft_model_state_dict`), with the scale alpha / r in the adapter's config — PEFT keeps
+`unet.<path>.lokr_w1` or `transformer.<path>.lokr_w1` (diffusers' component prefixes; a
+`transformer.` file with LyCORIS `alpha` tensors is OneTrainer's or ai-toolkit's, `readers.py`)
+or a bare `<path>.lokr_w1` (`get_peft_model_state_dict`), with the scale alpha / r in the adapter's config — PEFT keeps
 alpha and r out of the tensors (`LoKrLayer.update_layer`: scaling = alpha / r, per module through
 `rank_pattern` / `alpha_pattern`), so a file without its config is refused, never guessed.
 """
@@ -23,7 +24,7 @@ from .reader_base import Parts, Reader
 CONFIG_NAME = "adapter_config.json"
 #: where a config may ride along inside the file (diffusers writes `lora_adapter_metadata`)
 _METADATA_KEYS = ("adapter_config", "lora_adapter_metadata")
-_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")  # transformer: the DiT families (diffusers' prefix)
 
 
 def adapter_config(path: str, metadata: Mapping[str, str] | None) -> dict[str, Any]:
