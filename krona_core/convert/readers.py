@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 
+from ..families import Family
 from .errors import ConvertError
 from .kinds import Dense, LowRank, Official, SourceModule
 from .lokr import PARTS as LOKR_PARTS
@@ -66,7 +67,7 @@ class UnderscoredNames:
     def groups(self, tensors: Mapping[str, torch.Tensor], path: str) -> dict[tuple[str, str], Parts]:
         return {("unet", module): parts for (_, module), parts in super().groups(tensors, path).items()}
 
-    def module_path(self, module: str, family) -> str:
+    def module_path(self, module: str, family: Family) -> str:
         return family.dotted_path(module[len(self.prefix):])
 
 
@@ -283,5 +284,6 @@ def reader_for(tensors: Mapping[str, torch.Tensor], path: str) -> Reader:
     if unknown is None:
         raise ConvertError(f"{path}: mixes keys of several adapter formats (e.g. {next(iter(tensors))!r}); "
                            "convert each part separately")
-    raise ConvertError(f"{path}: unknown key {unknown!r}: not KronA, LoKr (kohya/LyCORIS, SimpleTuner, ComfyUI, PEFT "
-                       "names), LyCORIS full, kohya/ComfyUI/PEFT LoRA or official DiffuseKronA")
+    raise ConvertError(f"{path}: unknown key {unknown!r}: not KronA, LoKr (kohya/LyCORIS, SimpleTuner, OneTrainer, "
+                       "ai-toolkit, ComfyUI, PEFT names), LyCORIS full, kohya/SimpleTuner/OneTrainer/ComfyUI/PEFT LoRA "
+                       "or official DiffuseKronA")
