@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 import krona_core
 from krona_core.convert.merge import merge_files
 
