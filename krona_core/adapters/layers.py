@@ -4,9 +4,9 @@ An adapter is attached with a forward hook on the original module: the model's m
 state-dict keys stay exactly as they were (so a host can keep addressing weights by name), and
 removing the hook restores the original forward. One adapter of a fused weight whose rows several
 modules compute (diffusers' `to_qkv` + `proj_mlp` of Flux's single-block `linear1`) hooks each of
-them with its window of ΔW's rows (`ops.bypass.RowSlice`), so they train the one factor pair. The adapter parameters live in a separate
-`KronANetwork` (the handle returned by `attach`), which is what an optimizer trains and what
-`save` writes.
+them with its window of ΔW's rows (`ops.bypass.RowSlice`), so they train the one factor pair. The
+adapter parameters live in a separate `KronANetwork` (the handle returned by `attach`), which is
+what an optimizer trains and what `save` writes.
 """
 
 from __future__ import annotations
