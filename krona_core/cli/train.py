@@ -66,8 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
                    "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every caption")
     p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default="fp32",
-                   help="the frozen base's dtype (the adapter always trains in float32); fp8: the diffusion model's "
-                   "weights stored in float8_e4m3fn and computed in bf16 (half of bf16's memory)")
+                   help="the frozen base's dtype (adapters train in float32); fp8: stored in float8, run in bf16")
     p.add_argument("--guidance", type=float_range(0.0, 100.0), default=1.0, help="Flux.1 [dev]: the guidance input while training")
     p.add_argument("--timestep-sampling", choices=["auto", "logit_normal", "uniform"], default="auto",
                    help="flow transformers: how σ is drawn (auto: the family's, e.g. Flux's resolution-dependent shift)")
