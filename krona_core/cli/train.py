@@ -65,8 +65,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
     p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
                    "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every caption")
-    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="the frozen base's dtype (the adapter always trains in float32)")
+    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default="fp32",
+                   help="the frozen base's dtype (adapters train in float32); fp8: stored in float8, run in bf16")
     p.add_argument("--guidance", type=float_range(0.0, 100.0), default=1.0, help="Flux.1 [dev]: the guidance input while training")
     p.add_argument("--timestep-sampling", choices=["auto", "logit_normal", "uniform"], default="auto",
                    help="flow transformers: how σ is drawn (auto: the family's, e.g. Flux's resolution-dependent shift)")
@@ -182,8 +182,10 @@ def _load(args: argparse.Namespace, device: str, spec):
     from ..train.diffusers_backend import BaseLoadError, load_base
     from ..train.dit_backend import dit_family_of, load_dit
     from ..train.embeddings import load_embeddings
+    from ..train.memory import store_float8
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[args.base_dtype]
+    fp8 = args.base_dtype == "fp8"
     if dit_family_of(args.base) is not None:
         if not args.embeddings:
             raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
@@ -192,9 +194,14 @@ def _load(args: argparse.Namespace, device: str, spec):
         if spec.config.validate_every:  # previews: the validation prompt and "" (classifier-free guidance)
             prompts += [spec.config.validation_prompt or spec.instance_prompt, ""]
         table.require(prompts)
-        return load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing)
+        denoiser = load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing)
+        if fp8:
+            store_float8(denoiser.transformer)
+        return denoiser
     denoiser = load_base(args.base, args.tokenizer, device=device, dtype=dtype,
                          prediction_type="v_prediction" if args.v_prediction else None)
+    if fp8:
+        store_float8(denoiser.unet)
     if args.gradient_checkpointing:
         denoiser.unet.enable_gradient_checkpointing()
         denoiser.unet.train()
