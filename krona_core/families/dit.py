@@ -71,6 +71,7 @@ class DiTFamily(Family):
     latent_channels: int = 16
     largest_weight: tuple[int, ...] = ()
     sigma_sampling: SigmaSampling | None = None  # σ draws of its reference trainers (`flow.py`); None: the host's own
+    diffusers_pipeline: str = ""  # the diffusers pipeline class of its model_index.json (its text encoders' owner)
 
     # -- structure
     @property

@@ -57,10 +57,11 @@ def _diffusion_model(state: dict[str, torch.Tensor], path: Path) -> tuple[DiTFam
         raise SingleFileError(f"{path}: {what}; single-file transformers load for FLUX.1 and SD3 / SD3.5 "
                               "(BFL / SAI naming), other bases as diffusers folders")
     prefix = checkpoint_prefix(shapes, family.original_roots)
-    if prefix is None:
+    model = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix is not None else {}
+    if not model or any(k.startswith("transformer_blocks.") for k in model):  # diffusers' block names
         raise SingleFileError(f"{path}: {family.title} tensors in diffusers naming: give the diffusers folder "
                               "(transformer/ with its config.json), not the file alone")
-    return family, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return family, model
 
 
 def _split_linear1(family: DiTFamily, converted: dict[str, torch.Tensor], originals: dict[str, torch.Tensor]) -> None:
