@@ -64,17 +64,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=non_negative, default=0, help="sample a preview image every N steps (0: never)")
     p.add_argument("--validation-prompt", default=None, help="prompt of the previews (default: the instance prompt)")
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
-    p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
-                   "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every caption")
-    p.add_argument("--vae", default=None, help="flow transformers: a diffusers VAE folder (or a pipeline folder with "
-                   "vae/) for a single-file base or a folder without vae/")
     p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="the frozen base's dtype (the adapter always trains in float32)")
+    _add_flow_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _add_flow_arguments(p: argparse.ArgumentParser) -> None:
+    """The flow transformers' (FLUX.1, SD3 / SD3.5) own options."""
+    p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
+                   "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every prompt the "
+                   "run encodes, as `krona embed` writes it")
+    p.add_argument("--vae", default=None, help="flow transformers: a diffusers VAE folder (or a pipeline folder with "
+                   "vae/) for a single-file base or a folder without vae/")
     p.add_argument("--guidance", type=float_range(0.0, 100.0), default=1.0, help="Flux.1 [dev]: the guidance input while training")
     p.add_argument("--timestep-sampling", choices=["auto", "logit_normal", "uniform"], default="auto",
                    help="flow transformers: how σ is drawn (auto: the family's, e.g. Flux's resolution-dependent shift)")
     p.add_argument("--flow-shift", type=positive_float, default=None, help="flow transformers: a fixed σ shift (SD3: 3.0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 class _CancelOnInterrupt:
