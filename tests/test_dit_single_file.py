@@ -106,6 +106,11 @@ def test_single_file_refusals_name_the_file_and_the_key(tmp_path):
         load_transformer_file(diffusers_named)
     with pytest.raises(SingleFileError, match="only .safetensors"):
         load_transformer_file(tmp_path / "model.ckpt")
+    full = _rewrite(tiny_single_file.write_single_file(tiny_single_file.transformer("flux1-schnell"), tmp_path / "p.safetensors",
+                                                       "model.diffusion_model."), tmp_path / "full.safetensors",
+                    lambda s: s.update({"first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4, 3, 3),
+                                        "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": torch.ones(4)}))
+    assert load_transformer_file(full).config.num_layers == 2  # a full checkpoint: its VAE and text encoders are not read
 
 
 def run(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:

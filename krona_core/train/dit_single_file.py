@@ -48,20 +48,25 @@ def single_file_family(path: str | os.PathLike) -> DiTFamily | None:
     return _flow_family({k: e.shape for k, e in header.entries.items()})
 
 
-def _diffusion_model(state: dict[str, torch.Tensor], path: Path) -> tuple[DiTFamily, dict[str, torch.Tensor]]:
-    """(family, the diffusion model's tensors without their prefix) of a single file's state dict."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
+def _diffusion_model(path: Path) -> tuple[DiTFamily, str, dict[str, tuple[int, ...]]]:
+    """(family, prefix, {key without the prefix: shape} of the diffusion model) from the file's
+    header alone (a full checkpoint's text encoders and VAE are never read)."""
+    try:
+        header = read_header(path)
+    except KronAFileError as exc:
+        raise SingleFileError(str(exc)) from None
+    shapes = {k: e.shape for k, e in header.entries.items()}
     family = _flow_family(shapes)
     if family is None or family.name not in CONVERTERS:
         what = family.title if family else "a model of no family the trainer knows"
         raise SingleFileError(f"{path}: {what}; single-file transformers load for FLUX.1 and SD3 / SD3.5 "
                               "(BFL / SAI naming), other bases as diffusers folders")
     prefix = checkpoint_prefix(shapes, family.original_roots)
-    model = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix is not None else {}
+    model = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)} if prefix is not None else {}
     if not model or any(k.startswith("transformer_blocks.") for k in model):  # diffusers' block names
         raise SingleFileError(f"{path}: {family.title} tensors in diffusers naming: give the diffusers folder "
                               "(transformer/ with its config.json), not the file alone")
-    return family, model
+    return family, prefix, model
 
 
 def _split_linear1(family: DiTFamily, converted: dict[str, torch.Tensor], originals: dict[str, torch.Tensor]) -> None:
@@ -94,7 +99,7 @@ def convert(family: DiTFamily, state: dict[str, torch.Tensor], path: Path) -> di
     return converted
 
 
-def _load_strict(model: torch.nn.Module, converted: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
+def _load_strict(model: torch.nn.Module, converted: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in converted]
     unexpected = [k for k in converted if k not in own]
@@ -104,7 +109,7 @@ def _load_strict(model: torch.nn.Module, converted: dict[str, torch.Tensor], pat
     wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in converted.items() if v.shape != own[k].shape]
     if wrong:
         raise SingleFileError(f"{path}: {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]}")
-    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True, assign=True)
+    model.load_state_dict(converted, strict=True, assign=True)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
         raise SingleFileError(f"{path}: {len(left)} tensor(s) of the transformer not in the file, e.g. {left[:3]}")
@@ -114,22 +119,19 @@ def load_transformer_file(path: str | os.PathLike, dtype: torch.dtype = torch.fl
     """The diffusers transformer (FluxTransformer2DModel / SD3Transformer2DModel, eval mode) of a
     FLUX.1 or SD3 / SD3.5 .safetensors file, in `dtype`; never touches the network."""
     import diffusers
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise SingleFileError(f"{path}: only .safetensors transformers are loaded (never pickle)")
+    family, prefix, shapes = _diffusion_model(path)
     try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise SingleFileError(f"{path}: not a readable safetensors file ({exc})") from None
-    family, state = _diffusion_model(state, path)
-    try:
-        config = transformer_config(family, {k: tuple(v.shape) for k, v in state.items()})
+        config = transformer_config(family, shapes)
     except families.FamilyError as exc:
         raise SingleFileError(f"{path}: {exc}") from None
     with torch.device("meta"):
         model = getattr(diffusers, family.diffusers_class)(**config)
-    _load_strict(model, convert(family, state, path), path, dtype)
+    with safe_open(str(path), "pt") as fh:
+        state = {k: fh.get_tensor(prefix + k).to(dtype) for k in shapes}
+    _load_strict(model, convert(family, state, path), path)
     return model.eval()
