@@ -78,6 +78,25 @@ def randomize(handle, std: float = 0.05, seed: int = 0) -> None:
             adapter.w2.copy_(torch.randn(adapter.w2.shape, generator=g) * std)
 
 
+@pytest.fixture
+def two_krona_files(tmp_path):
+    """Two seeded SD1 files for merging: "one" (the attn preset, trigger sks, a training record) and
+    "two" (attn1.to_q only, triggers ohwx and sks), as loaded KronAFiles."""
+    import krona_core
+
+    unet = make_unet("sd1")
+    h1 = krona_core.attach(unet, a1=4, a2=2, seed=1)
+    randomize(h1, seed=1)
+    h2 = krona_core.attach(unet, a1=4, a2=2, targets=["*attn1.to_q"], seed=2)
+    randomize(h2, seed=2)
+    one = h1.save(tmp_path / "one.krona.safetensors", dtype=torch.float32, trigger_words=["sks"],
+                  training={"steps": 500, "seed": 0})
+    two = h2.save(tmp_path / "two.krona.safetensors", dtype=torch.float32, trigger_words=["ohwx", "sks"])
+    h1.remove()
+    h2.remove()
+    return krona_core.load(one), krona_core.load(two)
+
+
 @pytest.fixture(params=["sd1", "sd2", "sdxl"])
 def base(request) -> str:
     return request.param

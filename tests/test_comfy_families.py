@@ -109,6 +109,44 @@ def test_apply_equals_loraloader_and_bypass_equals_merge(comfy_server, prepared,
     assert np.abs(bypass - merged).max() <= 1e-5 * scale
 
 
+def trained_flux_krona(out: Path) -> Path:
+    """A file of the CLI trainer (`krona_core.train`, diffusers backend) for FLUX.1: two steps on a
+    diffusers FluxTransformer2DModel of the tiny ComfyUI model's config (3072 wide, one double and one
+    single block, random weights), attn preset (single-block linear1 as one fused pair included)."""
+    from krona_core.train.config import TrainConfig
+    from krona_core.train.data import examples_from_latents
+    from krona_core.train.dit_backend import DiTDenoiser
+    from krona_core.train.embeddings import EmbeddingTable
+    from krona_core.train.loop import train
+
+    torch.manual_seed(0)
+    transformer = families.get("flux1").build_unet("cpu", num_layers=1, num_single_layers=1)
+    g = torch.Generator().manual_seed(1)
+    table = {"p": {"encoder_hidden_states": torch.randn(1, 4, 4096, generator=g), "pooled_projections": torch.randn(1, 768, generator=g)}}
+    denoiser = DiTDenoiser(transformer, EmbeddingTable(table))
+    examples = examples_from_latents(torch.randn(1, 16, 8, 8, generator=g), ["p"])
+    result = train(denoiser, examples, TrainConfig(steps=2, lr=5e-2, grad_accum=1, batch_size=1, seed=0))
+    return Path(result.handles[0].save(str(out)))
+
+
+def test_a_cli_trained_flux_file_loads_in_core_loraloader_as_in_apply(comfy_server, prepared, tmp_path):
+    model, _ = prepared("flux1")
+    krona = trained_flux_krona(tmp_path / "flux1-cli.krona.safetensors")
+    w1, w2 = read(krona).modules["lora_unet_single_blocks_0_linear1"]
+    assert (w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]) == (21504, 3072)  # q, k, v + MLP input, one pair
+    for folder in ("krona", "loras"):
+        comfy_server.add_model(folder, krona)
+    log_start = len(comfy_server.log_text())
+    base = latent(comfy_server, graph(model.name, "flux1"))
+    applied = latent(comfy_server, graph(model.name, "flux1", (apply(krona.name),)))
+    core = latent(comfy_server, graph(model.name, "flux1", (("LoraLoaderModelOnly", {"lora_name": krona.name, "strength_model": 1.0}),)))
+    log = comfy_server.log_text()[log_start:]
+    assert "lora key not loaded" not in log and "not found in the model" not in log, log[-3000:]
+    scale = max(1.0, float(np.abs(core).max()))
+    assert np.abs(applied - base).max() > 1e-3 * scale, "the adapter has no visible effect"
+    assert np.abs(applied - core).max() <= 1e-5 * scale
+
+
 @pytest.mark.parametrize("family", MERGED)
 def test_merged_checkpoint_equals_apply(comfy_server, prepared, family, tmp_path):
     model, krona = prepared(family)

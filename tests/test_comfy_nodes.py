@@ -15,6 +15,7 @@ import pytest
 _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
+from helpers.comfy_graphs import add_txt2img  # noqa: E402
 from helpers.comfy_server import ComfyExecutionError, ComfyPromptError, ComfyServer  # noqa: E402
 from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
@@ -43,15 +44,7 @@ def graph(ckpt: str, chain=(), *, seed: int = 7, prefix: str = "t", size: int = 
             g[node] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": name,
                                                              "strength_model": sm, "strength_clip": sc}}
         model, clip = [node, 0], [node, 1]
-    g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a photo of sks toy"}}
-    g["neg"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}
-    g["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}
-    g["sampler"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0], "seed": seed,
-        "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
-    g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["ckpt", 2]}}
-    g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}}
-    return g
+    return add_txt2img(g, model, clip, ["ckpt", 2], seed=seed, prefix=prefix, size=size)
 
 
 def image(server: ComfyServer, g: dict) -> np.ndarray:

@@ -217,16 +217,8 @@ def test_krona_lora_krona_round_trip_is_exact(tmp_path):
     assert 0 < total_r2 < 1
 
 
-def test_merging_files(tmp_path):
-    from conftest import make_unet, randomize
-
-    unet = make_unet("sd1")
-    h1 = krona_core.attach(unet, a1=4, a2=2, seed=1)
-    randomize(h1, seed=1)
-    h2 = krona_core.attach(unet, a1=4, a2=2, targets=["*attn1.to_q"], seed=2)
-    randomize(h2, seed=2)
-    f1 = krona_core.load(h1.save(tmp_path / "one.krona.safetensors", dtype=torch.float32, trigger_words=["sks"]))
-    f2 = krona_core.load(h2.save(tmp_path / "two.krona.safetensors", dtype=torch.float32, trigger_words=["ohwx"]))
+def test_merging_files(two_krona_files):
+    f1, f2 = two_krona_files
     result = merge_files([f1, f2], [0.5, 2.0])
     assert result.file.trigger_words == ["sks", "ohwx"]
     for name, (w1, w2) in result.file.modules.items():

@@ -70,7 +70,7 @@ def test_student_recovers_the_teacher(family, tmp_path, capsys):
     assert file.metadata["modelspec.architecture"] == family_meta["modelspec.architecture"]
     expected = ({"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_txt_attn_qkv",
                  "lora_unet_double_blocks_0_img_attn_proj", "lora_unet_double_blocks_0_txt_attn_proj",
-                 "lora_unet_single_blocks_0_linear2"} if family == "flux1" else
+                 "lora_unet_single_blocks_0_linear1", "lora_unet_single_blocks_0_linear2"} if family == "flux1" else
                 {"lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_joint_blocks_0_context_block_attn_qkv",
                  "lora_unet_joint_blocks_0_x_block_attn_proj", "lora_unet_joint_blocks_0_context_block_attn_proj",
                  "lora_unet_joint_blocks_1_x_block_attn_qkv", "lora_unet_joint_blocks_1_context_block_attn_qkv",
@@ -146,6 +146,8 @@ def test_cli_trains_a_flux_folder_with_checkpoints_previews_and_resume(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     file = krona_core.load(out)
     assert file.base_model == "flux1" and "lora_unet_double_blocks_0_img_attn_qkv" in file.modules
+    w1, w2 = file.modules["lora_unet_single_blocks_0_linear1"]  # q, k, v and the MLP input: one pair, fused shape
+    assert (w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]) == (224, 32)
     assert file.training["steps"] == 6
     assert (tmp_path / "flux.loss.png").is_file()
     assert sorted(p.name for p in tmp_path.glob("flux.preview_*.png")) == ["flux.preview_000003.png", "flux.preview_000006.png"]

@@ -9,28 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 import krona_core
 from krona_core.convert.merge import merge_files
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sources(tmp_path):
-    from conftest import make_unet, randomize
-
-    unet = make_unet("sd1")
-    h1 = krona_core.attach(unet, a1=4, a2=2, seed=1)
-    randomize(h1, seed=1)
-    h2 = krona_core.attach(unet, a1=4, a2=2, targets=["*attn1.to_q"], seed=2)
-    randomize(h2, seed=2)
-    one = h1.save(tmp_path / "one.krona.safetensors", dtype=torch.float32, trigger_words=["sks"],
-                  training={"steps": 500, "seed": 0})
-    two = h2.save(tmp_path / "two.krona.safetensors", dtype=torch.float32, trigger_words=["ohwx", "sks"])
-    h1.remove()
-    h2.remove()
-    return krona_core.load(one), krona_core.load(two)
 
 
 def _check(merged, one, two) -> None:
@@ -47,16 +29,16 @@ def _check(merged, one, two) -> None:
     assert sources[0]["training"] == {"steps": 500, "seed": 0} and sources[1]["training"] is None
 
 
-def test_merge_keeps_the_sources_metadata(tmp_path):
-    one, two = _sources(tmp_path)
+def test_merge_keeps_the_sources_metadata(tmp_path, two_krona_files):
+    one, two = two_krona_files
     result = merge_files([one, two], [0.5, 2.0])
     _check(result.file, one, two)
     path = krona_core.files.writer.write(tmp_path / "ab.krona.safetensors", result.file.modules, result.file.metadata)
     _check(krona_core.load(path), one, two)  # as written and read back
 
 
-def test_the_merge_command_keeps_them_too(tmp_path):
-    one, two = _sources(tmp_path)
+def test_the_merge_command_keeps_them_too(tmp_path, two_krona_files):
+    one, two = two_krona_files
     out = tmp_path / "ab.krona.safetensors"
     run = subprocess.run([sys.executable, "-m", "krona_core", "merge", one.path, two.path, "--weights", "0.5,2",
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -10,8 +10,9 @@ import torch.nn as nn
 
 from .. import families
 from ..naming.kohya import KeyMapError, detect_naming
+from ..ops.bypass import RowSlice
 from ..ops.shapes import KronShape, choose_shape, lycoris_shape, plan_budget
-from .layers import KronAAdapter, KronANetwork
+from .layers import KronAAdapter, KronANetwork, Site
 from .targets import select
 
 
@@ -50,6 +51,7 @@ def attach(
     seed: int | None = None,
     strength: float = 1.0,
     lycoris_compatible: bool = False,
+    fused: Mapping[str, Sequence[tuple[str, RowSlice]]] | None = None,
 ) -> KronANetwork:
     """Add trainable KronA adapters to the matching Linear/Conv2d modules of `model`.
 
@@ -59,23 +61,51 @@ def attach(
     (detected from the model when omitted). Factors follow each base layer's device and dtype
     unless `dtype` is given. lycoris_compatible picks square w1 factors of about a1 × a1 that
     LyCORIS's own loader can read back (`kron.lycoris_shape`); every host UI reads any shape.
+    `fused` names fused weights whose rows several modules compute, {weight path: [(module path,
+    its rows), …]}: where the targets select those modules, ONE factor pair of the fused shape
+    adapts them all, under the fused weight's path (a diffusers Flux's `to_qkv` + `proj_mlp` as
+    the original `single_blocks.N.linear1`).
     """
     detected_network, detected_base = detect_network(model)
     network = network or detected_network
     base = base or detected_base
-    chosen = _chosen_modules(model, targets, exclude, shapes)
-    plan, rule = _plan({p: tuple(m.weight.shape) for p, m in chosen}, a1, a2, budget, shapes, lycoris_compatible)
+    units = _fuse(_chosen_modules(model, targets, exclude, shapes), fused or {})
+    plan, rule = _plan({p: shape for p, (_, shape) in units.items()}, a1, a2, budget, shapes, lycoris_compatible)
     handle = KronANetwork(model, network, base)
     handle.targets = [targets] if isinstance(targets, str) else list(targets)
     handle.rule = rule
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for path, module in chosen:
-            adapter = KronAAdapter(module, plan[path], dtype=dtype, generator=generator)
+        for path, (sites, shape) in units.items():
+            fused_rows = shape[0] if sites[0][1] is not None else None
+            adapter = KronAAdapter(sites[0][0], plan[path], dtype=dtype, generator=generator, fused_rows=fused_rows)
             adapter.strength = float(strength)
-            handle._add(path, module, adapter)
+            handle._add(path, sites, adapter)
     return handle
+
+
+def _fuse(chosen: list[tuple[str, nn.Module]], fused: Mapping[str, Sequence[tuple[str, RowSlice]]]
+          ) -> dict[str, tuple[list[Site], tuple[int, ...]]]:
+    """{adapter path: (its sites, the weight shape it adapts)}: a chosen module on its own, or the
+    chosen modules of a fused weight as one unit under the weight's path (all of them, or refused)."""
+    owner = {module: weight for weight, parts in fused.items() for module, _ in parts}
+    modules = dict(chosen)
+    units: dict[str, tuple[list[Site], tuple[int, ...]]] = {}
+    for path, module in chosen:
+        weight = owner.get(path)
+        if weight is None:
+            units[path] = ([(module, None)], tuple(module.weight.shape))
+        elif weight not in units:
+            parts = fused[weight]
+            missing = [p for p, _ in parts if p not in modules]
+            if missing:
+                raise ValueError(f"{weight} is one fused weight, adapted as one Kronecker factor pair: the targets select "
+                                 f"{path} but not {', '.join(missing)}")
+            sites = [(modules[p], window) for p, window in parts]
+            rows = max(w.start + w.size for _, w in parts)
+            units[weight] = (sites, (rows, *module.weight.shape[1:]))
+    return units
 
 
 def _chosen_modules(model: nn.Module, targets, exclude, shapes: Mapping[str, KronShape] | None) -> list[tuple[str, nn.Module]]:

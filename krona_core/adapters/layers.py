@@ -2,9 +2,11 @@
 
 An adapter is attached with a forward hook on the original module: the model's module tree and
 state-dict keys stay exactly as they were (so a host can keep addressing weights by name), and
-removing the hook restores the original forward. The adapter parameters live in a separate
-`KronANetwork` (the handle returned by `attach`), which is what an optimizer trains and what
-`save` writes.
+removing the hook restores the original forward. One adapter of a fused weight whose rows several
+modules compute (diffusers' `to_qkv` + `proj_mlp` of Flux's single-block `linear1`) hooks each of
+them with its window of ΔW's rows (`ops.bypass.RowSlice`), so they train the one factor pair. The
+adapter parameters live in a separate `KronANetwork` (the handle returned by `attach`), which is
+what an optimizer trains and what `save` writes.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import torch.nn as nn
 from .. import families
 from ..naming.kohya import kohya_key, normalize_path
 from ..naming.unet import UNetKeyMap
-from ..ops.bypass import ConvSpec, add_kron_delta, kron_delta
+from ..ops.bypass import ConvSpec, RowSlice, add_kron_delta, kron_delta
 from ..ops.matmul import materialise
 from ..ops.shapes import KronShape, choose_order
 
 
 class KronAAdapter(nn.Module):
-    """ΔW = strength · kron(w1, w2) for one base layer; efficient forward, never materialised."""
+    """ΔW = strength · kron(w1, w2) for one base layer (or one fused weight whose rows `fused_rows`
+    several layers like `base` compute); efficient forward, never materialised."""
 
     def __init__(
         self,
@@ -34,11 +37,13 @@ class KronAAdapter(nn.Module):
         shape: KronShape,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        fused_rows: int | None = None,
     ):
         super().__init__()
         weight = base.weight
-        if tuple(weight.shape) != shape.weight_shape:
-            raise ValueError(f"factor shapes {shape.w1_shape}·{shape.w2_shape} give {shape.weight_shape}, layer weight is {tuple(weight.shape)}")
+        expected = (fused_rows or weight.shape[0], *weight.shape[1:])
+        if tuple(expected) != shape.weight_shape:
+            raise ValueError(f"factor shapes {shape.w1_shape}·{shape.w2_shape} give {shape.weight_shape}, layer weight is {tuple(expected)}")
         if dtype is None:
             dtype = weight.dtype if weight.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
@@ -66,10 +71,11 @@ class KronAAdapter(nn.Module):
         """strength · (x through kron(w1, w2)), computed in x's dtype on x's device."""
         return kron_delta(x, self.w1, self.w2, self.conv, self.strength, self.order, self.materialised)
 
-    def add_to(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """output + strength · ΔW·x, the hook's hot path (the strength rides on w1)."""
+    def add_to(self, output: torch.Tensor, x: torch.Tensor, window: RowSlice | None = None) -> torch.Tensor:
+        """output + strength · ΔW·x (or that `window` of ΔW's rows), the hook's hot path (the
+        strength rides on w1)."""
         return add_kron_delta(output, x, self.w1, self.w2, self.conv, self.strength, order=self.order,
-                              materialised=self.materialised)
+                              materialised=self.materialised, window=window)
 
     def delta_weight(self) -> torch.Tensor:
         """Materialised kron(w1, w2) (strength not applied)."""
@@ -96,6 +102,20 @@ def _merged_versions(weight: torch.Tensor) -> dict[int, int]:
     return _MERGED_VERSIONS[key]
 
 
+#: a module an adapter is hooked on, and the window of ΔW's rows it computes (None: all of them)
+Site = tuple[nn.Module, RowSlice | None]
+
+
+def _hook(adapter: KronAAdapter, window: RowSlice | None) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        if adapter.merged or not adapter.enabled:
+            return output
+        x = args[0] if args else kwargs["input"]
+        return adapter.add_to(output, x, window)
+
+    return hook
+
+
 def _module_key(path: str) -> str:
     # ModuleDict keys may not contain "."; "/" keeps the path readable and reversible
     return path.replace(".", "/")
@@ -114,10 +134,10 @@ class KronANetwork(nn.Module):
         self.network = network
         self.base = base
         self._model_ref = [model]  # a list keeps the model out of this module's children
-        self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
-        self._bases: dict[str, nn.Module] = {}
+        self._hooks: dict[str, list[torch.utils.hooks.RemovableHandle]] = {}
+        self._sites: dict[str, list[Site]] = {}  # path -> the modules computing ΔW's rows (all, or a window each)
         self._paths: list[str] = []  # kept after remove(): the factors stay readable and savable
-        self._backups: dict[str, tuple[torch.Tensor, int]] = {}  # path -> (weight before merge, its version)
+        self._backups: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}  # (path, site) -> (weight before merge, its version)
         self._removed = False
         self.targets: list[str] = []
         self.rule: dict = {}
@@ -148,18 +168,13 @@ class KronANetwork(nn.Module):
         if self._removed:
             raise RuntimeError("this KronA handle was removed from its model")
 
-    def _add(self, path: str, base_module: nn.Module, adapter: KronAAdapter) -> None:
+    def _add(self, path: str, sites: list[Site], adapter: KronAAdapter) -> None:
+        """Hook `adapter` on its base module (one site, window None) or on each module computing a
+        window of its fused weight's rows."""
         self.adapters[_module_key(path)] = adapter
-        self._bases[path] = base_module
+        self._sites[path] = sites
         self._paths.append(path)
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
-            if adapter.merged or not adapter.enabled:
-                return output
-            x = args[0] if args else kwargs["input"]
-            return adapter.add_to(output, x)
-
-        self._hooks[path] = base_module.register_forward_hook(hook, with_kwargs=True)
+        self._hooks[path] = [module.register_forward_hook(_hook(adapter, window), with_kwargs=True) for module, window in sites]
 
     # -- strength
     def set_strength(self, strength: float | Callable[[str], float], pattern: str | None = None) -> None:
@@ -192,35 +207,40 @@ class KronANetwork(nn.Module):
             adapter.enabled = enabled
 
     # -- merge
+    def _site_deltas(self, path: str, adapter: KronAAdapter) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(site index, its base weight, strength · its rows of ΔW in float32) of each site."""
+        delta = adapter.delta_weight().to(dtype=torch.float32) * adapter.strength
+        for index, (module, window) in enumerate(self._sites[path]):
+            rows = delta if window is None else delta[window.start:window.start + window.size]
+            yield index, module.weight, rows.to(module.weight.device)
+
     @torch.no_grad()
     def _merge_one(self, path: str, adapter: KronAAdapter, backup: bool) -> None:
-        weight = self._bases[path].weight
-        version_before = weight._version
-        saved = weight.detach().clone() if backup else None
-        delta = adapter.delta_weight().to(device=weight.device, dtype=torch.float32) * adapter.strength
-        weight.copy_((weight.float() + delta).to(weight.dtype))
-        if saved is not None:
-            self._backups[path] = (saved, version_before)
-            _merged_versions(weight)[id(self)] = weight._version
+        for index, weight, delta in self._site_deltas(path, adapter):
+            version_before = weight._version
+            saved = weight.detach().clone() if backup else None
+            weight.copy_((weight.float() + delta).to(weight.dtype))
+            if saved is not None:
+                self._backups[(path, index)] = (saved, version_before)
+                _merged_versions(weight)[id(self)] = weight._version
         adapter.merged = True
 
     @torch.no_grad()
     def _unmerge_one(self, path: str, adapter: KronAAdapter) -> None:
-        weight = self._bases[path].weight
-        saved = self._backups.pop(path, None)
-        versions = _merged_versions(weight)
-        expected = versions.pop(id(self), None)
-        if saved is not None and expected == weight._version:
-            # untouched since our merge (tensor version counter unchanged): restore bit-identical
-            weight.copy_(saved[0])
-            # the weight is back to its state before our merge; a handle that merged just before
-            # us expects that state under its old version number, now under the new one
-            for key, version in versions.items():
-                if version == saved[1]:
-                    versions[key] = weight._version
-        else:
-            delta = adapter.delta_weight().to(device=weight.device, dtype=torch.float32) * adapter.strength
-            weight.copy_((weight.float() - delta).to(weight.dtype))
+        for index, weight, delta in self._site_deltas(path, adapter):
+            saved = self._backups.pop((path, index), None)
+            versions = _merged_versions(weight)
+            expected = versions.pop(id(self), None)
+            if saved is not None and expected == weight._version:
+                # untouched since our merge (tensor version counter unchanged): restore bit-identical
+                weight.copy_(saved[0])
+                # the weight is back to its state before our merge; a handle that merged just before
+                # us expects that state under its old version number, now under the new one
+                for key, version in versions.items():
+                    if version == saved[1]:
+                        versions[key] = weight._version
+            else:
+                weight.copy_((weight.float() - delta).to(weight.dtype))
         adapter.merged = False
 
     def merge(self, backup: bool = True) -> None:
@@ -256,11 +276,12 @@ class KronANetwork(nn.Module):
             self.unmerge()
         for _, adapter in self.items():
             adapter.merged = False
-        for hook in self._hooks.values():
-            hook.remove()
+        for hooks in self._hooks.values():
+            for hook in hooks:
+                hook.remove()
         self._hooks.clear()
         self._backups.clear()
-        self._bases.clear()
+        self._sites.clear()
         self._removed = True
 
     # -- export

@@ -64,8 +64,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=non_negative, default=0, help="sample a preview image every N steps (0: never)")
     p.add_argument("--validation-prompt", default=None, help="prompt of the previews (default: the instance prompt)")
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
-    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="the frozen base's dtype (the adapter always trains in float32)")
+    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default="fp32",
+                   help="the frozen base's dtype (adapters train in float32); fp8: stored in float8, run in bf16")
     _add_flow_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -193,8 +193,10 @@ def _load(args: argparse.Namespace, device: str, spec):
     from ..train.diffusers_backend import BaseLoadError, load_base
     from ..train.dit_backend import dit_family_of, load_dit
     from ..train.embeddings import load_embeddings, training_prompts
+    from ..train.memory import store_float8
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[args.base_dtype]
+    fp8 = args.base_dtype == "fp8"
     if dit_family_of(args.base) is not None:
         if not args.embeddings:
             raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
@@ -202,11 +204,16 @@ def _load(args: argparse.Namespace, device: str, spec):
         table.require(training_prompts(spec.captions, spec.instance_prompt, spec.class_prompt,
                                        spec.config.validation_prompt, bool(spec.config.validate_every),
                                        spec.config.caption_dropout > 0))
-        return load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing, args.vae)
+        denoiser = load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing, args.vae)
+        if fp8:
+            store_float8(denoiser.transformer)
+        return denoiser
     if args.vae:
         raise UsageError(f"--vae is for flow transformers (FLUX.1, SD3); {args.base} is not one")
     denoiser = load_base(args.base, args.tokenizer, device=device, dtype=dtype,
                          prediction_type="v_prediction" if args.v_prediction else None)
+    if fp8:
+        store_float8(denoiser.unet)
     if args.gradient_checkpointing:
         denoiser.unet.enable_gradient_checkpointing()
         denoiser.unet.train()

@@ -107,6 +107,30 @@ def kron_linear(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, order: Orde
     return _kron_linear_parts(x, w1, w2, order).reshape(*x.shape[:-1], w1.shape[0] * w2.shape[0])
 
 
+def kron_linear_rows(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, start: int, size: int) -> torch.Tensor:
+    """x @ kron(w1, w2)[start : start + size].T: a window of the product's output rows.
+
+    Row r of kron(w1, w2) is w1's row r // b1 against w2's row r % b1, so the w1 rows i0 … i1 − 1
+    that cover the window give (i1 − i0)·b1 rows of which the window is a crop: exact for any start
+    (a multiple of b1 or not). The association order is chosen for the covering product's shape.
+
+    Why windows rather than one shared ΔW·x per forward for the modules that split a fused weight
+    (FLUX's to_qkv + proj_mlp): each hook stays a pure function of its input and the shared
+    factors, so autograd sums both windows' gradients into the one pair, and gradient checkpointing's
+    recompute or any call order needs no cache keyed on the input. The price is the window-independent
+    part computed per window (X·w2ᵀ in the w2-first order) plus one w1 row at the seam: for FLUX's
+    linear1 at (64, 8) about 2.2 M multiply-adds per token instead of 1.2 M, against 66 M of the
+    base GEMM (measured on 2 CPU cores, 512 tokens: 158 ms for both windows, 112 ms for the whole
+    product, 1.7 s for the base layer).
+    """
+    b1, rows = w2.shape[0], w1.shape[0] * w2.shape[0]
+    if start < 0 or size <= 0 or start + size > rows:
+        raise ValueError(f"kron_linear_rows: rows {start} … {start + size - 1} are not within the product's {rows}")
+    i0, i1 = start // b1, -(-(start + size) // b1)
+    offset = start - i0 * b1
+    return kron_linear(x, w1[i0:i1], w2)[..., offset:offset + size]
+
+
 def kron_conv2d(
     x: torch.Tensor,
     w1: torch.Tensor,

@@ -6,8 +6,12 @@ The transformer's separate q / k / v projections are fused first (diffusers' own
 `fuse_qkv_projections`): the fused `to_qkv` / `to_added_qkv` weights are the original models'
 `img_attn.qkv` / `txt_attn.qkv` (Flux) and `x_block.attn.qkv` / `context_block.attn.qkv` (SD3),
 which is how files name them and ComfyUI's LoraLoader applies them (one Kronecker pair per fused
-weight). Flux's single-stream `linear1` has no diffusers counterpart as a whole (its rows are
-`to_q/k/v` and `proj_mlp`), so there the trainable attention weight is `linear2` (`proj_out`).
+weight). Flux's single-stream `linear1` has no diffusers module as a whole: its rows are the fused
+`attn.to_qkv` (q, k, v) and `proj_mlp` (the MLP input), both fed the same normalised states. The
+trainer adapts it as ONE factor pair of the fused (7·hidden × hidden) shape, saved as
+`single_blocks.N.linear1` like ComfyUI's Train KronA's: `fuse_projections` reports which rows each
+module computes (from the family's diffusers → original table) and `attach(fused=…)` hooks the
+pair's row windows on both (`ops.matmul.kron_linear_rows`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Sequence
 import torch
 
 from .. import families
+from ..families.dit import DiTFamily
 from ..families.flow import SigmaSampling
+from ..naming.kohya import KeyMapError
+from ..ops.bypass import RowSlice
 from .denoiser import Cond, SizeInfo
 from .diffusers_backend import BaseLoadError
 from .dit_attention import use_fused_joint_processor
@@ -28,23 +35,61 @@ from .embeddings import EmbeddingTable
 
 #: the trainable modules of the `attn` preset on a fused diffusers transformer (module-path regex)
 DIT_ATTN_TARGETS = ["re:^transformer_blocks\\.\\d+\\.attn2?\\.(to_qkv|to_added_qkv|to_out\\.0|to_add_out)$",
-                    "re:^single_transformer_blocks\\.\\d+\\.proj_out$"]
+                    "re:^single_transformer_blocks\\.\\d+\\.(attn\\.to_qkv|proj_mlp|proj_out)$"]
 DIT_FF_TARGETS = "re:^transformer_blocks\\.\\d+\\.ff(_context)?\\.net\\.(0\\.proj|2)$"
+#: the separate projections diffusers' fuse_qkv_projections concatenates, by the fused module's name
+FUSED_QKV = {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+FusedWeights = dict[str, list[tuple[str, RowSlice]]]  # original fused weight → [(module path, its rows)]
 
 
 class DiTLoadError(BaseLoadError):
     """A transformer base that cannot be loaded offline (or run as asked), with the reason."""
 
 
-def fuse_projections(transformer: torch.nn.Module) -> None:
+def fuse_projections(transformer: torch.nn.Module, family: DiTFamily) -> FusedWeights:
     """Fuse q / k / v (and the context stream's) with diffusers' own method, and drop the separate
-    projections the fused processors no longer call (so no adapter lands on an unused layer)."""
+    projections the fused processors no longer call (so no adapter lands on an unused layer).
+
+    Returns the original fused weights whose rows more than one module of the fused transformer
+    computes, with each module's rows (Flux's single-block `linear1`: `attn.to_qkv` and `proj_mlp`)."""
+    windows = _row_windows(transformer, family)
     transformer.fuse_qkv_projections()
-    for module in transformer.modules():
+    for prefix, module in list(transformer.named_modules()):
         if getattr(module, "fused_projections", False) and hasattr(module, "to_qkv"):
-            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
-                if isinstance(getattr(module, name, None), torch.nn.Linear):
-                    delattr(module, name)
+            for fused, names in FUSED_QKV.items():
+                parts = [windows.pop(f"{prefix}.{n}") for n in names if f"{prefix}.{n}" in windows]
+                if parts:
+                    windows[f"{prefix}.{fused}"] = _joined(parts, f"{prefix}.{fused}")
+                for name in names:
+                    if isinstance(getattr(module, name, None), torch.nn.Linear):
+                        delattr(module, name)
+    weights: FusedWeights = {}
+    for name, (weight, rows) in windows.items():
+        weights.setdefault(weight, []).append((name, rows))
+    return {w: sorted(parts, key=lambda p: p[1].start) for w, parts in weights.items() if len(parts) > 1}
+
+
+def _row_windows(transformer: torch.nn.Module, family: DiTFamily) -> dict[str, tuple[str, RowSlice]]:
+    """{module path: (original fused weight, the rows it computes)} of the row-part modules."""
+    totals = family.weight_shapes(transformer)
+    windows = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            try:
+                path, part = family.original_path(name)
+            except KeyMapError:
+                continue
+            if part is not None:
+                windows[name] = (path, RowSlice(*part.rows(totals[path][0])))
+    return windows
+
+
+def _joined(parts: list[tuple[str, RowSlice]], name: str) -> tuple[str, RowSlice]:
+    """The rows of a fused projection from those of the projections it concatenates."""
+    start, end = parts[0][1].start, parts[-1][1].start + parts[-1][1].size
+    if len({p for p, _ in parts}) != 1 or sum(r.size for _, r in parts) != end - start:
+        raise DiTLoadError(f"{name}: its projections are not consecutive rows of one original weight ({parts})")
+    return parts[0][0], RowSlice(start, end - start)
 
 
 class DiTDenoiser:
@@ -64,7 +109,8 @@ class DiTDenoiser:
         self.flux = self.family.name == "flux1"
         self.sigma_sampling = self.family.sigma_sampling or SigmaSampling()
         self.guidance = guidance
-        fuse_projections(transformer)
+        #: fused weights whose rows several modules compute: one factor pair each (`attach(fused=…)`)
+        self.fused_weights = fuse_projections(transformer, self.family)
         use_fused_joint_processor(transformer)  # SD3: diffusers' fused processor skips the qk norms
         for module in (transformer, vae):
             if module is not None:
@@ -81,7 +127,8 @@ class DiTDenoiser:
 
     def resolve_targets(self, targets: str | list[str]) -> str | list[str]:
         """The presets in this model's module names: `attn` (and `attn+ff`) select the fused
-        attention weights and, with ff, the MLPs (never a row slice of an original fused weight)."""
+        attention weights and, with ff, the MLPs; the row blocks of Flux's single-block linear1
+        (`attn.to_qkv`, `proj_mlp`) are selected together, as one fused weight (`fused_weights`)."""
         if targets == "attn":
             return list(DIT_ATTN_TARGETS)
         if targets == "attn+ff":

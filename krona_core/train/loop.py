@@ -46,11 +46,14 @@ def attach_adapters(denoiser: Denoiser, config: TrainConfig) -> list[KronANetwor
     targets = getattr(denoiser, "resolve_targets", lambda t: t)(config.targets)
     family = getattr(denoiser, "family", None)
     base = family.name if family is not None else None  # else attach reads it off the model
+    # fused weights whose rows several of the model's modules compute (Flux's linear1 in diffusers): one pair each
+    fused = getattr(denoiser, "fused_weights", None)
     for network, module in denoiser.networks().items():
         if network != "unet" and not config.train_text_encoder:
             continue
-        handles.append(attach(module, config.a1, config.a2, targets, budget=config.budget,
-                              network=network, base=base, seed=config.seed + len(handles), dtype=torch.float32))
+        handles.append(attach(module, config.a1, config.a2, targets, budget=config.budget, network=network, base=base,
+                              seed=config.seed + len(handles), dtype=torch.float32,
+                              fused=fused if network == "unet" else None))
     return handles
 
 

@@ -19,6 +19,7 @@ import torch
 _TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_TESTS))
 
+from helpers.comfy_graphs import add_txt2img  # noqa: E402
 from helpers.comfy_server import ComfyExecutionError, ComfyPromptError, ComfyServer  # noqa: E402
 from helpers.krona_files import random_krona  # noqa: E402
 from helpers.tiny_comfy import cached_checkpoint  # noqa: E402
@@ -81,15 +82,7 @@ def graph(server: ComfyServer, seed: int, krona: dict | None = None, save: dict 
         g["load"] = {"class_type": "LoadKronA", "inputs": {"krona_name": f"{PREFIX}good.krona.safetensors"}}
         g["savek"] = {"class_type": "SaveKronA", "inputs": {"krona": ["load", 0], "filename_prefix": f"{PREFIX}saved",
                                                            "trigger_words": "", "float32": False, **save}}
-    g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a photo of sks toy"}}
-    g["neg"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": neg}}
-    g["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-    g["sampler"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0], "seed": seed,
-        "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
-    g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["ckpt", 2]}}
-    g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": PREFIX}}
-    return g
+    return add_txt2img(g, model, clip, ["ckpt", 2], seed=seed, prefix=PREFIX, neg=neg, steps=1, cfg=1.0)
 
 
 GOOD = "good"
