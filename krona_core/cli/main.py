@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
+    from .embed import add_embed_arguments, run_embed
+
+    embed = sub.add_parser("embed", help="write the text embeddings a FLUX.1 / SD3 training run reads (train --embeddings) "
+                                         "with a pipeline folder's own text encoders")
+    add_embed_arguments(embed)
+    embed.set_defaults(func=run_embed)
+
     from .convert import add_convert_arguments, add_merge_arguments, run_convert, run_merge
 
     convert = sub.add_parser("convert", help="convert between KronA, LyCORIS LoKr, LoRA and official DiffuseKronA files")

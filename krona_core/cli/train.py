@@ -8,11 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from .args import factor, float_range, int_range, non_negative, positive, positive_float, share
+from .args import UsageError, factor, float_range, int_range, non_negative, positive, positive_float, share
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="diffusers model folder or single-file .safetensors checkpoint")
+    p.add_argument("--base", required=True, help="diffusers model folder or single-file .safetensors checkpoint (SD1/SD2/SDXL; "
+                   "FLUX.1 and SD3 / SD3.5 transformers in BFL / SAI naming)")
     p.add_argument("--images", required=True, help="dataset folder: images with name.txt (or name.caption) captions "
                    "beside them, and/or kohya repeat folders like '10_sks dog'")
     p.add_argument("--instance-prompt", required=True, help='e.g. "a photo of sks dog" (used for images without a caption)')
@@ -63,15 +64,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=non_negative, default=0, help="sample a preview image every N steps (0: never)")
     p.add_argument("--validation-prompt", default=None, help="prompt of the previews (default: the instance prompt)")
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
-    p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
-                   "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every caption")
     p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default="fp32",
                    help="the frozen base's dtype (adapters train in float32); fp8: stored in float8, run in bf16")
+    _add_flow_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _add_flow_arguments(p: argparse.ArgumentParser) -> None:
+    """The flow transformers' (FLUX.1, SD3 / SD3.5) own options."""
+    p.add_argument("--embeddings", default=None, help="flow transformers (Flux, SD3): precomputed text embeddings "
+                   "(.safetensors: <i>.encoder_hidden_states, <i>.pooled_projections, krona.prompts) for every prompt the "
+                   "run encodes, as `krona embed` writes it")
+    p.add_argument("--vae", default=None, help="flow transformers: a diffusers VAE folder (or a pipeline folder with "
+                   "vae/) for a single-file base or a folder without vae/")
     p.add_argument("--guidance", type=float_range(0.0, 100.0), default=1.0, help="Flux.1 [dev]: the guidance input while training")
     p.add_argument("--timestep-sampling", choices=["auto", "logit_normal", "uniform"], default="auto",
                    help="flow transformers: how σ is drawn (auto: the family's, e.g. Flux's resolution-dependent shift)")
     p.add_argument("--flow-shift", type=positive_float, default=None, help="flow transformers: a fixed σ shift (SD3: 3.0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 class _CancelOnInterrupt:
@@ -159,6 +168,8 @@ def _check_environment(args: argparse.Namespace) -> None:
         raise ValueError(f"--base {args.base}: no such file or folder (a diffusers folder or a single-file checkpoint)")
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise ValueError(f"--tokenizer {args.tokenizer}: no such folder")
+    if args.vae and not os.path.isdir(args.vae):
+        raise ValueError(f"--vae {args.vae}: no such folder (a diffusers VAE folder)")
     if args.embeddings and not os.path.isfile(args.embeddings):
         raise ValueError(f"--embeddings {args.embeddings}: no such file (a .safetensors of precomputed text embeddings)")
     if args.device is None:
@@ -181,7 +192,7 @@ def _load(args: argparse.Namespace, device: str, spec):
 
     from ..train.diffusers_backend import BaseLoadError, load_base
     from ..train.dit_backend import dit_family_of, load_dit
-    from ..train.embeddings import load_embeddings
+    from ..train.embeddings import load_embeddings, training_prompts
     from ..train.memory import store_float8
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[args.base_dtype]
@@ -190,14 +201,15 @@ def _load(args: argparse.Namespace, device: str, spec):
         if not args.embeddings:
             raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
         table = load_embeddings(args.embeddings)
-        prompts = [c or spec.instance_prompt for c in spec.captions] or [spec.instance_prompt]
-        if spec.config.validate_every:  # previews: the validation prompt and "" (classifier-free guidance)
-            prompts += [spec.config.validation_prompt or spec.instance_prompt, ""]
-        table.require(prompts)
-        denoiser = load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing)
+        table.require(training_prompts(spec.captions, spec.instance_prompt, spec.class_prompt,
+                                       spec.config.validation_prompt, bool(spec.config.validate_every),
+                                       spec.config.caption_dropout > 0))
+        denoiser = load_dit(args.base, table, device, dtype, args.guidance, args.gradient_checkpointing, args.vae)
         if fp8:
             store_float8(denoiser.transformer)
         return denoiser
+    if args.vae:
+        raise UsageError(f"--vae is for flow transformers (FLUX.1, SD3); {args.base} is not one")
     denoiser = load_base(args.base, args.tokenizer, device=device, dtype=dtype,
                          prediction_type="v_prediction" if args.v_prediction else None)
     if fp8:

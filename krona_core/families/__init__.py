@@ -99,7 +99,8 @@ def for_comfy_model(model_type: str) -> Family | None:
 
 def for_diffusers_folder(folder: str | os.PathLike) -> Family | None:
     """The family of a diffusers pipeline folder (or its transformer / unet subfolder), from the
-    `_class_name` its config.json records (FluxTransformer2DModel, SD3Transformer2DModel, …)."""
+    `_class_name` its config.json records (FluxTransformer2DModel, SD3Transformer2DModel, …), else
+    from the pipeline class of its model_index.json (FluxPipeline, StableDiffusion3Pipeline)."""
     folder = Path(folder)
     for config in (folder / "config.json", folder / "transformer" / "config.json"):
         if config.is_file():
@@ -108,6 +109,13 @@ def for_diffusers_folder(folder: str | os.PathLike) -> Family | None:
             except (OSError, ValueError) as exc:
                 raise FamilyError(f"{config}: not a readable diffusers config ({exc})") from None
             return next((f for f in FAMILIES if getattr(f, "diffusers_class", None) == name), None)
+    index = folder / "model_index.json"  # a pipeline folder without its transformer (text encoders only)
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError) as exc:
+            raise FamilyError(f"{index}: not a readable diffusers model index ({exc})") from None
+        return next((f for f in FAMILIES if name and getattr(f, "diffusers_pipeline", None) == name), None)
     return None
 
 

@@ -71,6 +71,7 @@ class DiTFamily(Family):
     latent_channels: int = 16
     largest_weight: tuple[int, ...] = ()
     sigma_sampling: SigmaSampling | None = None  # σ draws of its reference trainers (`flow.py`); None: the host's own
+    diffusers_pipeline: str = ""  # the diffusers pipeline class of its model_index.json (its text encoders' owner)
 
     # -- structure
     @property
@@ -141,7 +142,7 @@ class DiTFamily(Family):
     def checkpoint_modules(self, shapes: Shapes) -> dict[str, tuple[WeightSlot, tuple[int, ...]]]:
         """Every linear (2-D) and conv (4-D) weight of the diffusion model of a single-file
         checkpoint in the original / ComfyUI naming (bare, `diffusion_model.` or `model.diffusion_model.`)."""
-        prefix = _checkpoint_prefix(shapes, self.original_roots)
+        prefix = checkpoint_prefix(shapes, self.original_roots)
         if prefix is None:
             raise FamilyError(f"no {self.title} diffusion-model keys in the original (ComfyUI) naming: a diffusers-named "
                               "file is merged into its folder, not as a single-file checkpoint")
@@ -195,7 +196,7 @@ def _key_map(rules: tuple[Rule, ...]) -> DiTKeyMap:
     return DiTKeyMap(rules)
 
 
-def _checkpoint_prefix(shapes: Shapes, roots: frozenset[str]) -> str | None:
+def checkpoint_prefix(shapes: Shapes, roots: frozenset[str]) -> str | None:
     for prefix in CHECKPOINT_PREFIXES:
         if any(k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in roots for k in shapes):
             return prefix

@@ -38,6 +38,7 @@ FAMILY = DiTFamily(
     title="FLUX.1",
     priority=10,
     diffusers_class="FluxTransformer2DModel",
+    diffusers_pipeline="FluxPipeline",
     diffusers_config=dict(guidance_embeds=True),  # [dev]; [schnell] has no guidance embedder
     rules=(*block_rules("transformer_blocks", "double_blocks", DOUBLE + (
                ("norm1.linear", "img_mod.lin", None), ("norm1_context.linear", "txt_mod.lin", None))),

@@ -28,6 +28,7 @@ FAMILY = DiTFamily(
     title="Stable Diffusion 3 / 3.5",
     priority=13,
     diffusers_class="SD3Transformer2DModel",
+    diffusers_pipeline="StableDiffusion3Pipeline",
     diffusers_config=dict(sample_size=128, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
                           num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
                           pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm"),

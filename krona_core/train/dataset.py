@@ -59,24 +59,28 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
-def load_dataset(folder: str | Path) -> list[DatasetImage]:
-    """The images of a dataset folder with their captions and repeats, in a fixed (sorted) order."""
+def dataset_captions(folder: str | Path) -> list[tuple[str, Path, str | None, int]]:
+    """(name, path, caption, repeats) of every image of a dataset folder, in a fixed (sorted) order,
+    without decoding an image (what a caption-only reader such as `krona embed` needs)."""
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder of images")
-    items = [DatasetImage(p.name, load_image(p), read_caption(p)) for p in _images_in(root)]
+    items = [(p.name, p, read_caption(p), 1) for p in _images_in(root)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         parsed = repeat_folder(sub.name)
         if parsed is None:
             continue
         repeats, tokens = parsed
-        for path in _images_in(sub):
-            items.append(DatasetImage(f"{sub.name}/{path.name}", load_image(path), read_caption(path) or tokens or None,
-                                      repeats))
+        items += [(f"{sub.name}/{path.name}", path, read_caption(path) or tokens or None, repeats) for path in _images_in(sub)]
     if not items:
         raise DatasetError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))}) in it or in a repeat folder "
                            "named like '10_sks dog'")
     return items
+
+
+def load_dataset(folder: str | Path) -> list[DatasetImage]:
+    """The images of a dataset folder with their captions and repeats, in a fixed (sorted) order."""
+    return [DatasetImage(name, load_image(path), caption, repeats) for name, path, caption, repeats in dataset_captions(folder)]
 
 
 @dataclass(frozen=True)

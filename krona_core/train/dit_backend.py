@@ -29,6 +29,8 @@ from ..naming.kohya import KeyMapError
 from ..ops.bypass import RowSlice
 from .denoiser import Cond, SizeInfo
 from .diffusers_backend import BaseLoadError
+from .dit_attention import use_fused_joint_processor
+from .dit_single_file import load_transformer_file, single_file_family
 from .embeddings import EmbeddingTable
 
 #: the trainable modules of the `attn` preset on a fused diffusers transformer (module-path regex)
@@ -109,6 +111,7 @@ class DiTDenoiser:
         self.guidance = guidance
         #: fused weights whose rows several modules compute: one factor pair each (`attach(fused=…)`)
         self.fused_weights = fuse_projections(transformer, self.family)
+        use_fused_joint_processor(transformer)  # SD3: diffusers' fused processor skips the qk norms
         for module in (transformer, vae):
             if module is not None:
                 module.requires_grad_(False)
@@ -157,37 +160,56 @@ class DiTDenoiser:
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
-            raise DiTLoadError("this base has no vae/ folder: give cached latents, or a base with its VAE")
+            raise DiTLoadError("this base has no VAE: give cached latents, a VAE folder (the CLI's --vae) or a base with its vae/")
         latents = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean
         return (latents - self.shift) * self.scaling
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
-            raise DiTLoadError("this base has no vae/ folder: previews need one")
+            raise DiTLoadError("this base has no VAE: previews need one (the CLI's --vae)")
         return self.vae.decode(latents.to(self.device, self.vae.dtype) / self.scaling + self.shift).sample
 
 
 def dit_family_of(path: str | Path) -> families.Family | None:
-    """The transformer family of a diffusers folder (pipeline or transformer folder), else None."""
+    """The transformer family of a diffusers folder (pipeline or transformer folder) or of a
+    single-file transformer (FLUX.1, SD3 / SD3.5: read off its header), else None."""
+    if Path(path).is_file():
+        return single_file_family(path)
     family = families.for_diffusers_folder(path) if Path(path).is_dir() else None
     return family if getattr(family, "prediction", None) == "flow" else None
 
 
 def load_dit(path: str | Path, embeddings: EmbeddingTable, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             guidance: float = 1.0, gradient_checkpointing: bool = False) -> DiTDenoiser:
-    """A diffusers pipeline folder (transformer/ and optionally vae/) or a transformer folder, offline;
-    the transformer in `dtype` (e.g. bf16; the adapters stay float32), the VAE in float32."""
+             guidance: float = 1.0, gradient_checkpointing: bool = False, vae: str | Path | None = None) -> DiTDenoiser:
+    """A diffusers pipeline folder (transformer/ and optionally vae/), a transformer folder or a
+    FLUX.1 / SD3 single-file transformer, offline; the transformer in `dtype` (e.g. bf16; the
+    adapters stay float32), the VAE in float32: `vae` (a diffusers VAE folder, or a pipeline folder
+    with vae/) else the base folder's vae/, else none (cached latents train without one)."""
     import diffusers
 
     path = Path(path)
-    folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
-    try:
-        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["_class_name"]
-        cls = getattr(diffusers, class_name)
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise DiTLoadError(f"{folder}: not a diffusers transformer folder ({exc})") from None
-    transformer = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
-    vae = None
-    if (path / "vae" / "config.json").is_file():
-        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, torch_dtype=torch.float32)
-    return DiTDenoiser(transformer, embeddings, vae, device, guidance, gradient_checkpointing)
+    if path.is_file():
+        transformer = load_transformer_file(path, dtype)
+    else:
+        folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+        try:
+            class_name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["_class_name"]
+            cls = getattr(diffusers, class_name)
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise DiTLoadError(f"{folder}: not a diffusers transformer folder ({exc})") from None
+        transformer = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+    return DiTDenoiser(transformer, embeddings, _vae(path, vae), device, guidance, gradient_checkpointing)
+
+
+def _vae(base: Path, vae: str | Path | None):
+    """The AutoencoderKL of `vae` (refused when it is no VAE folder), else of the base folder's vae/, else None."""
+    import diffusers
+
+    folder = Path(vae) if vae is not None else base / "vae"
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        if vae is not None:
+            raise DiTLoadError(f"{vae}: not a diffusers VAE folder (no config.json in it or in its vae/)")
+        return None
+    return diffusers.AutoencoderKL.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -47,6 +47,22 @@ class EmbeddingTable:
         missing = sorted({p for p in prompts if p not in self.conds})
         if missing:
             raise EmbeddingsError(f"{self.source}: no embeddings for {len(missing)} prompt(s) trained on, e.g. {missing[:3]}")
+
+
+def training_prompts(captions: Sequence[str | None], instance_prompt: str, class_prompt: str = "",
+                     validation_prompt: str | None = None, previews: bool = False, dropout: bool = False) -> list[str]:
+    """The prompts a training run encodes, in order, each once: every image's caption (the instance
+    prompt for an image without one), the class prompt (class images, generated or given), and with
+    previews the validation prompt (default the instance prompt) and "" (guidance; class-image
+    generation and caption dropout need "" too)."""
+    prompts = [c or instance_prompt for c in captions] or [instance_prompt]
+    if class_prompt.strip():
+        prompts.append(class_prompt)
+    if previews:
+        prompts.append(validation_prompt or instance_prompt)
+    if previews or dropout or class_prompt.strip():
+        prompts.append("")
+    return list(dict.fromkeys(prompts))
 
 
 def save_embeddings(path: str | os.PathLike, conds: Mapping[str, Cond], overwrite: bool = False) -> str:

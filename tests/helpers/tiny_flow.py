@@ -63,3 +63,58 @@ def write_pipeline(folder: Path, family: str, seed: int = 0, vae: bool = True) -
 
 def copy_of(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model)
+
+
+#: tiny text encoders whose outputs fit the tiny transformers (joint_attention_dim 24, pooled 12):
+#: FLUX.1 CLIP-L (pooled 12) + T5 (24); SD3 CLIP-L (hidden 8, projection 4) + CLIP-G (8, 8) + T5 (24)
+CLIP = dict(vocab_size=514, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=512, eos_token_id=513, pad_token_id=513)
+T5 = dict(vocab_size=99, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0,
+          pad_token_id=0, eos_token_id=1)
+TEXT_ENCODERS = {
+    "flux1": (("text_encoder", "CLIPTextModel", dict(hidden_size=12)), ("text_encoder_2", "T5EncoderModel", {})),
+    "sd3": (("text_encoder", "CLIPTextModelWithProjection", dict(hidden_size=8, projection_dim=4)),
+            ("text_encoder_2", "CLIPTextModelWithProjection", dict(hidden_size=8, projection_dim=8)),
+            ("text_encoder_3", "T5EncoderModel", {})),
+}
+
+
+def _t5_tokenizer(folder: Path) -> None:
+    """A T5 tokenizer built offline: a unigram vocabulary of printable ASCII characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(chr(c), -1.0) for c in range(32, 127)] + [("▁", -1.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                    extra_ids=0).save_pretrained(folder)
+
+
+def write_text_encoders(folder: Path, family: str, seed: int = 0) -> Path:
+    """Add the family's tiny seeded text encoders and tokenizers to a pipeline folder (its model_index.json)."""
+    import transformers
+
+    from .tiny_diffusers import write_char_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {
+        "_class_name": "FluxPipeline" if family == "flux1" else "StableDiffusion3Pipeline"}
+    torch.manual_seed(seed + 7)
+    for name, cls, extra in TEXT_ENCODERS[family]:
+        tokenizer = folder / name.replace("text_encoder", "tokenizer")
+        if cls == "T5EncoderModel":
+            model = transformers.T5EncoderModel(transformers.T5Config(**T5))
+            _t5_tokenizer(tokenizer)
+            index[tokenizer.name] = ["transformers", "T5TokenizerFast"]
+        else:
+            model = getattr(transformers, cls)(transformers.CLIPTextConfig(**CLIP, **extra))
+            write_char_tokenizer(tokenizer)
+            transformers.CLIPTokenizer(str(tokenizer / "vocab.json"), str(tokenizer / "merges.txt"),
+                                       model_max_length=77).save_pretrained(tokenizer)
+            index[tokenizer.name] = ["transformers", "CLIPTokenizer"]
+        model.save_pretrained(folder / name)
+        index[name] = ["transformers", cls]
+    index_path.write_text(json.dumps(index))
+    return folder
