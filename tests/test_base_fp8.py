@@ -5,9 +5,6 @@ learns to float8's precision, and the CLI trains with it."""
 
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,11 +19,10 @@ import krona_core  # noqa: E402
 from krona_core.train.config import TrainConfig  # noqa: E402
 from krona_core.train.data import examples_from_latents  # noqa: E402
 from krona_core.train.dit_backend import DiTDenoiser  # noqa: E402
-from krona_core.train.embeddings import EmbeddingTable, save_embeddings  # noqa: E402
+from krona_core.train.embeddings import EmbeddingTable  # noqa: E402
 from krona_core.train.loop import train  # noqa: E402
 from krona_core.train.memory import STORAGE, store_float8  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = tiny_flow.embeddings()
 
 
@@ -85,20 +81,10 @@ def test_training_over_a_float8_base_learns_what_bf16_learns():
 
 
 def test_the_cli_trains_over_a_float8_base(tmp_path):
-    from helpers.subject_images import write_subject_pngs
+    from test_dit_train import run
 
-    base = tiny_flow.write_pipeline(tmp_path / "tiny-flux", "flux1")
-    images = tmp_path / "images"
-    images.mkdir()
-    write_subject_pngs(images, 2, 64, seed=4, stem="img")
-    embeddings = save_embeddings(tmp_path / "emb.safetensors", TABLE)
     out = tmp_path / "fp8.krona.safetensors"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run([sys.executable, "-m", "krona_core", "train", "--base", str(base), "--embeddings", embeddings,
-                             "--images", str(images), "--instance-prompt", tiny_flow.PROMPT, "--steps", "3",
-                             "--grad-accum", "1", "--a1", "4", "--a2", "4", "--resolution", "64", "--device", "cpu",
-                             "--base-dtype", "fp8", "--gradient-checkpointing", "--out", str(out)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    result = run(*tiny_flow.cli_train_args(tmp_path, steps=3), "--base-dtype", "fp8", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     file = krona_core.load(out)
     assert file.base_model == "flux1" and "lora_unet_single_blocks_0_linear1" in file.modules

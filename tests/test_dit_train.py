@@ -16,7 +16,6 @@ _TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 
 from helpers import tiny_flow  # noqa: E402
-from helpers.subject_images import write_subject_pngs  # noqa: E402
 
 import krona_core  # noqa: E402
 from krona_core.train.config import TrainConfig, TrainingInterrupted  # noqa: E402
@@ -133,14 +132,7 @@ def run(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
 
 
 def test_cli_trains_a_flux_folder_with_checkpoints_previews_and_resume(tmp_path):
-    base = tiny_flow.write_pipeline(tmp_path / "tiny-flux", "flux1")
-    images = tmp_path / "images"
-    images.mkdir()
-    write_subject_pngs(images, 2, 64, seed=4, stem="img")
-    embeddings = save_embeddings(tmp_path / "emb.safetensors", TABLE)
-    common = ["-m", "krona_core", "train", "--base", str(base), "--embeddings", embeddings, "--images", str(images),
-              "--instance-prompt", tiny_flow.PROMPT, "--steps", "6", "--grad-accum", "1", "--a1", "4", "--a2", "4",
-              "--resolution", "64", "--device", "cpu", "--lr", "1e-2", "--gradient-checkpointing"]
+    common = tiny_flow.cli_train_args(tmp_path)
     out = tmp_path / "flux.krona.safetensors"
     result = run(*common, "--out", str(out), "--checkpoint-every", "3", "--validate-every", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

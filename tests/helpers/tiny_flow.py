@@ -118,3 +118,20 @@ def write_text_encoders(folder: Path, family: str, seed: int = 0) -> Path:
         index[name] = ["transformers", cls]
     index_path.write_text(json.dumps(index))
     return folder
+
+
+def cli_train_args(folder: Path, steps: int = 6) -> list[str]:
+    """`-m krona_core train …` arguments for a tiny FLUX.1 run of the CLI, with what it reads written
+    under `folder`: the pipeline, two subject images and the embeddings file (argument 6)."""
+    from krona_core.train.embeddings import save_embeddings
+
+    from .subject_images import write_subject_pngs
+
+    base = write_pipeline(folder / "tiny-flux", "flux1")
+    images = folder / "images"
+    images.mkdir()
+    write_subject_pngs(images, 2, 64, seed=4, stem="img")
+    table = save_embeddings(folder / "emb.safetensors", embeddings())
+    return ["-m", "krona_core", "train", "--base", str(base), "--embeddings", table, "--images", str(images),
+            "--instance-prompt", PROMPT, "--steps", str(steps), "--grad-accum", "1", "--a1", "4", "--a2", "4",
+            "--resolution", "64", "--device", "cpu", "--lr", "1e-2", "--gradient-checkpointing"]
