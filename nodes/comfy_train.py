@@ -224,7 +224,7 @@ class ComfyDenoiser:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         kind = self.prediction_type
-        a, s = noise_coefficients(kind, t, self.alphas_cumprod)
+        a, s = noise_coefficients(kind, t, self.alphas_cumprod, x_t.dim())
         sigma = t.float() if kind == "flow" else self.sigmas.to(x_t.device)[t]
         # the loop's x_t is what the model sees after ComfyUI's input scaling: undo it for apply_model
         x = x_t / self.sampling.calculate_input(sigma, torch.ones_like(x_t))
