@@ -38,8 +38,9 @@ def teacher_student_graph(unet: str, family: str) -> dict:
     g = graph(unet, family)
     for node in ("latent", "sampler", "probe"):
         del g[node]
-    g["data"] = {"class_type": "KronATestLatents", "inputs": {"seed": 3, "batch": 6, "channels": 16, "size": 8}}
-    g["held"] = {"class_type": "KronATestLatents", "inputs": {"seed": 4, "batch": 4, "channels": 16, "size": 8}}
+    frames = CASES[family][2]  # every family here has 16 latent channels; Wan's latents are 5-D (frames)
+    g["data"] = {"class_type": "KronATestLatents", "inputs": {"seed": 3, "batch": 6, "channels": 16, "size": 8, "frames": frames}}
+    g["held"] = {"class_type": "KronATestLatents", "inputs": {"seed": 4, "batch": 4, "channels": 16, "size": 8, "frames": frames}}
     for role, seed in (("teacher", 1), ("student", 2)):
         g[role] = {"class_type": "TrainKronA", "inputs": train_inputs(family, seed, steps, lr, a1, a2, f"{role}-{family}")}
     g["save"] = {"class_type": "SaveKronA", "inputs": {"krona": ["student", 2], "filename_prefix": f"flow/{family}"}}
