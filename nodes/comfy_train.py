@@ -27,6 +27,7 @@ from typing import Sequence
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
@@ -232,8 +233,11 @@ class ComfyDenoiser:
         return prediction_from_denoised(kind, x_t, denoised, a.to(x_t.device), s.to(x_t.device))
 
     def latents_in(self, samples: torch.Tensor) -> torch.Tensor:
-        """ComfyUI LATENT samples (as VAE Encode gives them) → latents in the model's space."""
-        return self.base_model.process_latent_in(_copy_if_inference(samples).float())
+        """ComfyUI LATENT samples (as VAE Encode gives them) → latents in the model's space: first
+        shaped as KSampler shapes them (`fix_empty_latent_channels`: an image latent (N, C, H, W) of a
+        model with video latents, e.g. Qwen-Image's, gets its frame axis), then process_latent_in."""
+        shaped = comfy.sample.fix_empty_latent_channels(self.model, _copy_if_inference(samples))
+        return self.base_model.process_latent_in(shaped.float())
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] → latents in the model's space (process_latent_in applied)."""

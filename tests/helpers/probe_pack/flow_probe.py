@@ -75,13 +75,14 @@ class KronATestFlowLoss:
         return float("nan")
 
     def run(self, model, latents, conditioning, seed, draws):
+        import comfy.sample
         import torch
         from comfy_extras.nodes_custom_sampler import Guider_Basic
 
         sampler = _LossSampler(draws, seed)
         guider = Guider_Basic(model)
         guider.set_conds(conditioning)
-        samples = latents["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latents["samples"])  # as SamplerCustomAdvanced
         guider.sample(torch.zeros_like(samples), samples, sampler, torch.tensor([1.0, 0.0]), seed=seed)
         return {"ui": {"text": [json.dumps({"loss": sampler.loss})]}}
 
