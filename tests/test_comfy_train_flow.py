@@ -25,7 +25,7 @@ pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conf
 
 #: family: (steps, learning rate, a1, a2) of teacher and student
 RECIPES = {"sd3": (60, 1e-2, 4, 4), "flux1": (24, 2e-3, 64, 8), "chroma": (24, 2e-3, 64, 8), "qwen_image": (24, 2e-3, 64, 8),
-           "lumina2": (24, 1e-2, 64, 8), "wan": (60, 1e-2, 4, 4)}
+           "lumina2": (32, 3e-2, 64, 8), "wan": (60, 1e-2, 4, 4)}
 #: the families at ComfyUI's fixed 2304 / 3072 widths: seconds per forward pass on 2 shared cores
 SLOW = ("flux1", "chroma", "qwen_image", "lumina2")
 #: loss draws per model (24 unless named): the same σ, ε draws for every model, a paired comparison
