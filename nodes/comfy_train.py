@@ -27,6 +27,7 @@ from typing import Sequence
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
@@ -224,7 +225,7 @@ class ComfyDenoiser:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         kind = self.prediction_type
-        a, s = noise_coefficients(kind, t, self.alphas_cumprod)
+        a, s = noise_coefficients(kind, t, self.alphas_cumprod, x_t.dim())
         sigma = t.float() if kind == "flow" else self.sigmas.to(x_t.device)[t]
         # the loop's x_t is what the model sees after ComfyUI's input scaling: undo it for apply_model
         x = x_t / self.sampling.calculate_input(sigma, torch.ones_like(x_t))
@@ -232,8 +233,11 @@ class ComfyDenoiser:
         return prediction_from_denoised(kind, x_t, denoised, a.to(x_t.device), s.to(x_t.device))
 
     def latents_in(self, samples: torch.Tensor) -> torch.Tensor:
-        """ComfyUI LATENT samples (as VAE Encode gives them) → latents in the model's space."""
-        return self.base_model.process_latent_in(_copy_if_inference(samples).float())
+        """ComfyUI LATENT samples (as VAE Encode gives them) → latents in the model's space: first
+        shaped as KSampler shapes them (`fix_empty_latent_channels`: an image latent (N, C, H, W) of a
+        model with video latents, e.g. Qwen-Image's, gets its frame axis), then process_latent_in."""
+        shaped = comfy.sample.fix_empty_latent_channels(self.model, _copy_if_inference(samples))
+        return self.base_model.process_latent_in(shaped.float())
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] → latents in the model's space (process_latent_in applied)."""

@@ -189,7 +189,7 @@ def _with_latents(spec: JobSpec, denoiser: ComfyDenoiser, latents, conditioning)
         raise JobError("latents need their conditioning (connect e.g. a CLIP Text Encode to conditioning)")
     samples = latents["samples"]
     in_space = denoiser.latents_in(samples)
-    conds = [denoiser.model_conds(entry, tuple(samples.shape[1:])) for entry in conditioning]
+    conds = [denoiser.model_conds(entry, tuple(in_space.shape[1:])) for entry in conditioning]
     return dataclasses.replace(spec, latents=list(in_space), conds=conds)
 
 

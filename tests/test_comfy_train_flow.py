@@ -24,7 +24,12 @@ import krona_core  # noqa: E402
 pytestmark = pytest.mark.comfy  # runs without COMFYUI_PATH: skipped (tests/conftest.py)
 
 #: family: (steps, learning rate, a1, a2) of teacher and student
-RECIPES = {"sd3": (60, 1e-2, 4, 4), "flux1": (24, 2e-3, 64, 8)}
+RECIPES = {"sd3": (60, 1e-2, 4, 4), "flux1": (24, 2e-3, 64, 8), "chroma": (24, 2e-3, 64, 8), "qwen_image": (24, 2e-3, 64, 8),
+           "lumina2": (32, 3e-2, 64, 8), "wan": (60, 1e-2, 4, 4)}
+#: the families at ComfyUI's fixed 2304 / 3072 widths: seconds per forward pass on 2 shared cores
+SLOW = ("flux1", "chroma", "qwen_image", "lumina2")
+#: loss draws per model (24 unless named): the same σ, ε draws for every model, a paired comparison
+DRAWS = {"chroma": 12, "qwen_image": 12, "lumina2": 12}
 
 
 def train_inputs(family: str, seed: int, steps: int, lr: float, a1: int, a2: int, name: str) -> dict:
@@ -38,15 +43,17 @@ def teacher_student_graph(unet: str, family: str) -> dict:
     g = graph(unet, family)
     for node in ("latent", "sampler", "probe"):
         del g[node]
-    g["data"] = {"class_type": "KronATestLatents", "inputs": {"seed": 3, "batch": 6, "channels": 16, "size": 8}}
-    g["held"] = {"class_type": "KronATestLatents", "inputs": {"seed": 4, "batch": 4, "channels": 16, "size": 8}}
+    frames = CASES[family][2]  # every family here has 16 latent channels; Wan's latents are 5-D (frames)
+    g["data"] = {"class_type": "KronATestLatents", "inputs": {"seed": 3, "batch": 6, "channels": 16, "size": 8, "frames": frames}}
+    g["held"] = {"class_type": "KronATestLatents", "inputs": {"seed": 4, "batch": 4, "channels": 16, "size": 8, "frames": frames}}
     for role, seed in (("teacher", 1), ("student", 2)):
         g[role] = {"class_type": "TrainKronA", "inputs": train_inputs(family, seed, steps, lr, a1, a2, f"{role}-{family}")}
     g["save"] = {"class_type": "SaveKronA", "inputs": {"krona": ["student", 2], "filename_prefix": f"flow/{family}"}}
     for model in ("unet", "teacher", "student"):
         for data in ("data", "held"):
             g[f"loss-{model}-{data}"] = {"class_type": "KronATestFlowLoss", "inputs": {
-                "model": [model, 0], "latents": [data, 0], "conditioning": ["cond", 0], "seed": 11, "draws": 24}}
+                "model": [model, 0], "latents": [data, 0], "conditioning": ["cond", 0], "seed": 11,
+                "draws": DRAWS.get(family, 24)}}
     return g
 
 
@@ -55,7 +62,7 @@ def losses(history: dict) -> dict[str, float]:
             if node.startswith("loss-")}
 
 
-@pytest.mark.parametrize("family", [pytest.param("flux1", marks=pytest.mark.slow), "sd3"])  # FLUX: ~13 min on 2 cores
+@pytest.mark.parametrize("family", [*(pytest.param(f, marks=pytest.mark.slow) for f in SLOW), "sd3", "wan"])
 def test_train_save_apply_and_the_teacher_gap(comfy_server, family, capsys):
     model = cached_tiny_dit(comfy_server.comfyui_path, family, CASES[family][3])
     comfy_server.add_model("diffusion_models", model)

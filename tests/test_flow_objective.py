@@ -120,3 +120,20 @@ def test_prediction_from_an_exact_denoised_is_the_target(kind):
         target = eps if kind == "epsilon" else a * eps - s * x0
     x_t = a * x0 + s * eps
     assert torch.allclose(prediction_from_denoised(kind, x_t, x0, a, s), target, atol=1e-5)
+
+
+def test_flow_loss_on_video_latents_by_hand():
+    """5-D latents (N, C, T, H, W) as Wan's: σ broadcasts per sample over channels, frames and pixels
+    (a (N, 1, 1, 1) σ would pair the batch with the channels), noise offset per sample and channel."""
+    x0 = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    denoiser = Linear(0.5)
+    config = TrainConfig(steps=1, noise_offset=0.1)
+    loss = diffusion_loss(denoiser, x0, {}, torch.Generator().manual_seed(9), config)
+    g = torch.Generator().manual_seed(9)  # ε, its offset, then σ
+    eps = torch.randn(x0.shape, generator=g)
+    eps = eps + 0.1 * torch.randn(2, 16, 1, 1, 1, generator=g)
+    sigma = SD3_SIGMAS.draw(2, g, (4, 4))
+    x_t = torch.stack([(1 - s) * x + s * e for x, e, s in zip(x0, eps, sigma)])
+    expected = ((0.5 * x_t - (eps - x0)) ** 2).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert torch.allclose(denoiser.seen[0][0], x_t)

@@ -50,15 +50,17 @@ def flow_sampling(denoiser: Denoiser, config: TrainConfig) -> SigmaSampling:
     return sampling
 
 
-def noise_coefficients(prediction_type: str, level: torch.Tensor, alphas_cumprod: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, s) of x_t = a·x0 + s·ε at noise level `level`, shaped (N, 1, 1, 1): VP objectives take
+def noise_coefficients(prediction_type: str, level: torch.Tensor, alphas_cumprod: torch.Tensor | None,
+                       latent_dims: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, s) of x_t = a·x0 + s·ε at noise level `level`, shaped (N, 1, …) to broadcast over latents
+    of `latent_dims` dimensions (4: images (N, C, H, W); 5: video (N, C, T, H, W)): VP objectives take
     integer timesteps into `alphas_cumprod` (a = √ᾱ, s = √(1 − ᾱ)); flow takes σ (a = 1 − σ, s = σ)."""
+    shape = (-1,) + (1,) * (latent_dims - 1)
     if prediction_type == "flow":
-        sigma = level.float().view(-1, 1, 1, 1)
+        sigma = level.float().view(shape)
         return 1 - sigma, sigma
     ab = alphas_cumprod.to(level.device)[level]
-    return ab.sqrt().view(-1, 1, 1, 1), (1 - ab).sqrt().view(-1, 1, 1, 1)
+    return ab.sqrt().view(shape), (1 - ab).sqrt().view(shape)
 
 
 def prediction_from_denoised(prediction_type: str, x_t: torch.Tensor, denoised: torch.Tensor, a: torch.Tensor,
@@ -87,14 +89,15 @@ def diffusion_loss(
     kind = denoiser.prediction_type
     noise = torch.randn(latents.shape, generator=generator)
     if config.noise_offset:
-        noise = noise + config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+        per_channel = (*latents.shape[:2], *(1,) * (latents.dim() - 2))
+        noise = noise + config.noise_offset * torch.randn(per_channel, generator=generator)
     if kind == "flow":
         if config.min_snr_gamma:
             raise ValueError("min_snr_gamma weights the ε / v objectives; a flow-matching base trains on the velocity")
         level = flow_sampling(denoiser, config).draw(latents.shape[0], generator, latents.shape[-2:])
     else:
         level = torch.randint(0, denoiser.alphas_cumprod.numel(), (latents.shape[0],), generator=generator)
-    a, s = noise_coefficients(kind, level, None if kind == "flow" else denoiser.alphas_cumprod)
+    a, s = noise_coefficients(kind, level, None if kind == "flow" else denoiser.alphas_cumprod, latents.dim())
     x0, noise, a, s = latents.to(device), noise.to(device), a.to(device), s.to(device)
     x_t = a * x0 + s * noise
     if kind == "v_prediction":

@@ -7,7 +7,8 @@ import json
 
 
 class KronATestLatents:
-    """Smooth seeded random latents (batch, channels, height, width): data a tiny model can fit."""
+    """Smooth seeded random latents (batch, channels, height, width), or with frames > 0
+    video latents (batch, channels, frames, height, width) as Wan's: data a tiny model can fit."""
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "run"
@@ -17,15 +18,20 @@ class KronATestLatents:
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0}), "batch": ("INT", {"default": 4, "min": 1, "max": 64}),
                              "channels": ("INT", {"default": 16, "min": 1, "max": 128}),
-                             "size": ("INT", {"default": 8, "min": 2, "max": 256})}}
+                             "size": ("INT", {"default": 8, "min": 2, "max": 256})},
+                "optional": {"frames": ("INT", {"default": 0, "min": 0, "max": 64})}}
 
-    def run(self, seed, batch, channels, size):
+    def run(self, seed, batch, channels, size, frames=0):
         import torch
         import torch.nn.functional as F
 
         g = torch.Generator().manual_seed(seed)
-        coarse = torch.randn(batch, channels, max(1, size // 2), max(1, size // 2), generator=g)
-        return ({"samples": F.interpolate(coarse, size=(size, size), mode="bilinear")},)
+        half = max(1, size // 2)
+        if not frames:
+            coarse = torch.randn(batch, channels, half, half, generator=g)
+            return ({"samples": F.interpolate(coarse, size=(size, size), mode="bilinear")},)
+        coarse = torch.randn(batch, channels, frames, half, half, generator=g)
+        return ({"samples": F.interpolate(coarse, size=(frames, size, size), mode="trilinear")},)
 
 
 class _LossSampler:
@@ -69,13 +75,14 @@ class KronATestFlowLoss:
         return float("nan")
 
     def run(self, model, latents, conditioning, seed, draws):
+        import comfy.sample
         import torch
         from comfy_extras.nodes_custom_sampler import Guider_Basic
 
         sampler = _LossSampler(draws, seed)
         guider = Guider_Basic(model)
         guider.set_conds(conditioning)
-        samples = latents["samples"]
+        samples = comfy.sample.fix_empty_latent_channels(model, latents["samples"])  # as SamplerCustomAdvanced
         guider.sample(torch.zeros_like(samples), samples, sampler, torch.tensor([1.0, 0.0]), seed=seed)
         return {"ui": {"text": [json.dumps({"loss": sampler.loss})]}}
 
