@@ -207,19 +207,25 @@ class KronANetwork(nn.Module):
             adapter.enabled = enabled
 
     # -- merge
-    def _site_deltas(self, path: str, adapter: KronAAdapter) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(site index, its base weight, strength · its rows of ΔW in float32) of each site."""
-        delta = adapter.delta_weight().to(dtype=torch.float32) * adapter.strength
-        for index, (module, window) in enumerate(self._sites[path]):
-            rows = delta if window is None else delta[window.start:window.start + window.size]
-            yield index, module.weight, rows.to(module.weight.device)
+    @staticmethod
+    def _scaled_delta(adapter: KronAAdapter) -> torch.Tensor:
+        """strength · ΔW in float32 (all the fused weight's rows for a windowed adapter)."""
+        return adapter.delta_weight().to(dtype=torch.float32) * adapter.strength
+
+    @staticmethod
+    def _rows(delta: torch.Tensor, window: RowSlice | None, weight: torch.Tensor) -> torch.Tensor:
+        """The site's rows of ΔW (all of them without a window), on its weight's device."""
+        rows = delta if window is None else delta[window.start:window.start + window.size]
+        return rows.to(weight.device)
 
     @torch.no_grad()
     def _merge_one(self, path: str, adapter: KronAAdapter, backup: bool) -> None:
-        for index, weight, delta in self._site_deltas(path, adapter):
+        delta = self._scaled_delta(adapter)
+        for index, (module, window) in enumerate(self._sites[path]):
+            weight = module.weight
             version_before = weight._version
             saved = weight.detach().clone() if backup else None
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+            weight.copy_((weight.float() + self._rows(delta, window, weight)).to(weight.dtype))
             if saved is not None:
                 self._backups[(path, index)] = (saved, version_before)
                 _merged_versions(weight)[id(self)] = weight._version
@@ -227,7 +233,9 @@ class KronANetwork(nn.Module):
 
     @torch.no_grad()
     def _unmerge_one(self, path: str, adapter: KronAAdapter) -> None:
-        for index, weight, delta in self._site_deltas(path, adapter):
+        delta = None  # formed only when a weight cannot be restored from its backup
+        for index, (module, window) in enumerate(self._sites[path]):
+            weight = module.weight
             saved = self._backups.pop((path, index), None)
             versions = _merged_versions(weight)
             expected = versions.pop(id(self), None)
@@ -240,7 +248,8 @@ class KronANetwork(nn.Module):
                     if version == saved[1]:
                         versions[key] = weight._version
             else:
-                weight.copy_((weight.float() - delta).to(weight.dtype))
+                delta = self._scaled_delta(adapter) if delta is None else delta
+                weight.copy_((weight.float() - self._rows(delta, window, weight)).to(weight.dtype))
         adapter.merged = False
 
     def merge(self, backup: bool = True) -> None:
