@@ -72,6 +72,17 @@ def float_list(text: str) -> list[float]:
     return [_number(p, float) for p in parts]
 
 
+#: the dtype names of the commands' --base-dtype / --dtype options
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
+
+def torch_dtype(name: str):
+    """The torch dtype of one of DTYPE_NAMES (torch is imported only when a command runs)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 positive = int_range(1)
 non_negative = int_range(0)
 factor = int_range(1, 4096)

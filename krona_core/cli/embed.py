@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .args import UsageError, int_range
+from .args import DTYPE_NAMES, UsageError, int_range, torch_dtype
 
 
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts-file", default=None, help="a UTF-8 text file of prompts, one per line (blank lines skipped)")
     p.add_argument("--max-sequence-length", type=int_range(1, 512), default=None,
                    help="T5 tokens per prompt (default: the pipeline's, FLUX.1 512, SD3 256)")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES], default="auto",
                    help="the text encoders' dtype (auto: bf16 on CUDA, fp32 on the CPU); the file stores float32")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -83,8 +83,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__})")
     name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    family, pipe = load_text_pipeline(args.pipeline, str(device), dtype)
+    family, pipe = load_text_pipeline(args.pipeline, str(device), torch_dtype(name))
     bar = ProgressPrinter(len(prompts), f"embedding prompts ({family.title})", unit="prompt")
     try:
         conds = encode_prompts(family, pipe, prompts, args.max_sequence_length, bar.advance)

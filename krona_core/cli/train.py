@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .args import UsageError, factor, float_range, int_range, non_negative, positive, positive_float, share
+from .args import (DTYPE_NAMES, UsageError, factor, float_range, int_range, non_negative, positive, positive_float, share,
+                   torch_dtype)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=non_negative, default=0, help="sample a preview image every N steps (0: never)")
     p.add_argument("--validation-prompt", default=None, help="prompt of the previews (default: the instance prompt)")
     p.add_argument("--float32", action="store_true", help="store the result in float32 (default float16)")
-    p.add_argument("--base-dtype", choices=["fp32", "bf16", "fp16", "fp8"], default="fp32",
+    p.add_argument("--base-dtype", choices=[*DTYPE_NAMES, "fp8"], default="fp32",
                    help="the frozen base's dtype (adapters train in float32); fp8: stored in float8, run in bf16")
     _add_flow_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -188,15 +189,13 @@ def _check_environment(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace, device: str, spec):
     """The base as a Denoiser: a flow transformer's diffusers folder (with --embeddings for every
     prompt `spec` trains or previews on) or an SD base."""
-    import torch
-
     from ..train.diffusers_backend import BaseLoadError, load_base
     from ..train.dit_backend import dit_family_of, load_dit
     from ..train.embeddings import load_embeddings, training_prompts
     from ..train.memory import store_float8
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[args.base_dtype]
     fp8 = args.base_dtype == "fp8"
+    dtype = torch_dtype("bf16" if fp8 else args.base_dtype)  # fp8: stored in float8, computed in bf16
     if dit_family_of(args.base) is not None:
         if not args.embeddings:
             raise BaseLoadError(f"{args.base}: a flow transformer trains on precomputed text embeddings: pass --embeddings")
