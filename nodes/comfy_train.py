@@ -46,17 +46,19 @@ def _copy_if_inference(value):
 
 def _add_trainable_copies(patcher, networks: dict[str, torch.nn.Module]) -> None:
     """A weight wrapper on every weight and bias of the networks' cast-capable (comfy.ops) layers;
-    the inference tensors of other modules (e.g. MMDiT's RMSNorm scales) replaced by ordinary copies
-    through object patches of the clone, which ComfyUI's unpatching puts back."""
+    the tensors of other modules (e.g. MMDiT's RMSNorm scales) replaced by ordinary copies through
+    object patches of the clone, which ComfyUI's unpatching puts back. Every such tensor is copied,
+    whether or not it is an inference tensor now: what the module holds may be another live clone's
+    copy (an earlier training), and ComfyUI puts the model's own inference tensors back when it
+    detaches that clone to load this one."""
     names = {id(m): n for n, m in patcher.model.named_modules()}
     for network in networks.values():
         for module in network.modules():
             if not hasattr(module, "weight_function"):
                 for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-                    if tensor.is_inference():
-                        copy = tensor.detach().clone()
-                        patcher.add_object_patch(f"{names[id(module)]}.{name}", torch.nn.Parameter(copy, requires_grad=False)
-                                                 if isinstance(tensor, torch.nn.Parameter) else copy)
+                    copy = tensor.detach().clone()
+                    patcher.add_object_patch(f"{names[id(module)]}.{name}", torch.nn.Parameter(copy, requires_grad=False)
+                                             if isinstance(tensor, torch.nn.Parameter) else copy)
                 continue
             for param in ("weight", "bias"):
                 if getattr(module, param, None) is not None:
