@@ -96,16 +96,19 @@ def one_attribute_world(model: world_model.WorldModel, count: int = 1000, seed: 
 
 
 def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: bool = False,
-             embed_std: float | None = None) -> None:
+             embed_std: float | None = None, latent_scale: float = 1.0, snr_floor: float = 0.0) -> None:
     from diffusers import UNet2DConditionModel
 
     shipped, _ = world_model.load()
     model = world_model.build(0, shipped.vae.config.scaling_factor)
     torch.manual_seed(0)
     model.unet, model.vae = UNet2DConditionModel(**{**world_model.UNET, **UNETS[variant]}), shipped.vae
+    # latents scaled down: less of x0 survives at t = 999 (the schedule's terminal SNR, times the scale²)
+    model.vae.register_to_config(scaling_factor=shipped.vae.config.scaling_factor * latent_scale)
     if embed_std:  # word embeddings drawn wider than CLIP's 0.02, so words start far apart
         model.text_encoder.get_input_embeddings().weight.data.normal_(0, embed_std)
-    recipe = pretrain.Recipe(unet_steps=steps, unet_stop=None, checkpoint_every=min(evals), unet_batch=16 if toy else 64)
+    recipe = pretrain.Recipe(unet_steps=steps, unet_stop=None, checkpoint_every=min(evals), unet_batch=16 if toy else 64,
+                             snr_floor=snr_floor)
     started = time.perf_counter()
     latents, drawn = one_attribute_world(model) if toy else pretrain.encode_dataset(model, recipe, torch.device("cpu"))
 
@@ -113,7 +116,7 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
         if step in evals:  # the raw weights: an EMA of a short run still holds the initialisation
             measured = {"centroids": position_spread(model.denoiser(), "circle")} if toy else scores(model, count)
             log({"position" if toy else "unet": variant, "params": sum(p.numel() for p in model.unet.parameters()),
-                 "step": step, "batch": recipe.unet_batch, "embed_std": embed_std, "seconds": round(time.perf_counter() - started), **measured})
+                 "step": step, "batch": recipe.unet_batch, "embed_std": embed_std, "latent_scale": latent_scale, "snr_floor": snr_floor, "seconds": round(time.perf_counter() - started), **measured})
             for module in (model.unet, model.text_encoder):
                 module.train().requires_grad_(True)  # the denoiser froze them
 
@@ -172,6 +175,9 @@ def main() -> None:
     parser.add_argument("--evals", default="", help="steps to score at, comma-separated (default: the last)")
     parser.add_argument("--count", type=int, default=60, help="held-out captions for prompt following")
     parser.add_argument("--embed-std", type=float, default=None, help="unet/position: word embeddings' init std")
+    parser.add_argument("--latent-scale", type=float, default=1.0,
+                        help="unet/position: the VAE's scaling factor times this (a lower terminal SNR)")
+    parser.add_argument("--snr-floor", type=float, default=0.0, help="unet/position: the recipe's snr_floor")
     parser.add_argument("--out", type=Path, default=Path("world_base.jsonl"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -183,7 +189,8 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
 
     if args.what in ("unet", "position"):
-        run_unet(args.variant, args.steps, evals, args.count, log, toy=args.what == "position", embed_std=args.embed_std)
+        run_unet(args.variant, args.steps, evals, args.count, log, toy=args.what == "position", embed_std=args.embed_std,
+                 latent_scale=args.latent_scale, snr_floor=args.snr_floor)
     elif args.what == "vae":
         run_vae(args.variant, args.steps, evals, log)
     else:

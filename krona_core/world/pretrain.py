@@ -45,6 +45,7 @@ class Recipe:
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.2  # each optional attribute left out of a caption
     min_snr_gamma: float = 5.0
+    snr_floor: float = 0.0  # x0-loss weight at least this at high noise (min-SNR gives it SNR ≈ 0.005 at t = 999)
     ema: float = 0.995
     checkpoint_every: int = 200
 
@@ -124,7 +125,7 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
     opt = torch.optim.AdamW(params, recipe.unet_lr, weight_decay=1e-2)
     ab = sd_alphas_cumprod().to(device)
     snr = ab / (1 - ab)
-    weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
+    weight = torch.clamp(snr, min=recipe.snr_floor, max=recipe.min_snr_gamma) / snr
     g = torch.Generator().manual_seed(recipe.seed + 11)
     rng = np.random.default_rng(recipe.seed + 13)
     started = time.perf_counter()
