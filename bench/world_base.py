@@ -96,7 +96,8 @@ def one_attribute_world(model: world_model.WorldModel, count: int = 1000, seed: 
 
 
 def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: bool = False,
-             embed_std: float | None = None, latent_scale: float = 1.0, snr_floor: float = 0.0) -> None:
+             embed_std: float | None = None, latent_scale: float = 1.0, snr_floor: float = 0.0,
+             v_zsnr: bool = False) -> None:
     from diffusers import UNet2DConditionModel
 
     shipped, _ = world_model.load()
@@ -108,7 +109,9 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
     if embed_std:  # word embeddings drawn wider than CLIP's 0.02, so words start far apart
         model.text_encoder.get_input_embeddings().weight.data.normal_(0, embed_std)
     recipe = pretrain.Recipe(unet_steps=steps, unet_stop=None, checkpoint_every=min(evals), unet_batch=16 if toy else 64,
-                             snr_floor=snr_floor)
+                             snr_floor=snr_floor, prediction="v_prediction" if v_zsnr else "epsilon",
+                             zero_terminal_snr=v_zsnr)
+    model.prediction_type, model.zero_terminal_snr = recipe.prediction, recipe.zero_terminal_snr
     started = time.perf_counter()
     latents, drawn = one_attribute_world(model) if toy else pretrain.encode_dataset(model, recipe, torch.device("cpu"))
 
@@ -116,7 +119,7 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
         if step in evals:  # the raw weights: an EMA of a short run still holds the initialisation
             measured = {"centroids": position_spread(model.denoiser(), "circle")} if toy else scores(model, count)
             log({"position" if toy else "unet": variant, "params": sum(p.numel() for p in model.unet.parameters()),
-                 "step": step, "batch": recipe.unet_batch, "embed_std": embed_std, "latent_scale": latent_scale, "snr_floor": snr_floor, "seconds": round(time.perf_counter() - started), **measured})
+                 "step": step, "batch": recipe.unet_batch, "embed_std": embed_std, "latent_scale": latent_scale, "snr_floor": snr_floor, "v_zsnr": v_zsnr, "seconds": round(time.perf_counter() - started), **measured})
             for module in (model.unet, model.text_encoder):
                 module.train().requires_grad_(True)  # the denoiser froze them
 
@@ -178,6 +181,8 @@ def main() -> None:
     parser.add_argument("--latent-scale", type=float, default=1.0,
                         help="unet/position: the VAE's scaling factor times this (a lower terminal SNR)")
     parser.add_argument("--snr-floor", type=float, default=0.0, help="unet/position: the recipe's snr_floor")
+    parser.add_argument("--v-zsnr", action="store_true",
+                        help="unet/position: v-prediction on the zero-terminal-SNR schedule")
     parser.add_argument("--out", type=Path, default=Path("world_base.jsonl"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -190,7 +195,8 @@ def main() -> None:
 
     if args.what in ("unet", "position"):
         run_unet(args.variant, args.steps, evals, args.count, log, toy=args.what == "position", embed_std=args.embed_std,
-                 latent_scale=args.latent_scale, snr_floor=args.snr_floor)
+                 latent_scale=args.latent_scale, snr_floor=args.snr_floor,
+                 v_zsnr=args.v_zsnr)
     elif args.what == "vae":
         run_vae(args.variant, args.steps, evals, log)
     else:

@@ -19,10 +19,17 @@ from .denoiser import Cond, SizeInfo
 Tokenize = Callable[[Sequence[str]], torch.Tensor]
 
 
-def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-    """The scaled-linear schedule of SD1.x/SD2.x/SDXL."""
+def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                      zero_terminal_snr: bool = False) -> torch.Tensor:
+    """The scaled-linear schedule of SD1.x/SD2.x/SDXL; with zero_terminal_snr, rescaled so that the
+    last step is pure noise (Lin et al. 2023, Algorithm 1: √ᾱ shifted to end at 0 and scaled to keep
+    its first value), which only v-prediction can train."""
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
+    ab = torch.cumprod(1 - betas, 0)
+    if zero_terminal_snr:
+        root = ab.sqrt()
+        ab = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
+    return ab.float()
 
 
 class DiffusersDenoiser:

@@ -62,10 +62,13 @@ class WorldModel:
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: WorldTokenizer
+    prediction_type: str = "epsilon"  # or v_prediction (with a zero-terminal-SNR schedule, SD 2.x-style)
+    zero_terminal_snr: bool = False
 
     def denoiser(self, unet: torch.nn.Module | None = None) -> DiffusersDenoiser:
         """The trainer's backend over this model (the same one real SD bases use)."""
-        return DiffusersDenoiser(unet or self.unet, self.vae, [self.text_encoder], [self.tokenizer], sd_alphas_cumprod())
+        return DiffusersDenoiser(unet or self.unet, self.vae, [self.text_encoder], [self.tokenizer],
+                                 sd_alphas_cumprod(zero_terminal_snr=self.zero_terminal_snr), self.prediction_type)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
@@ -115,4 +118,7 @@ def load(path: str | Path = WEIGHTS) -> tuple[WorldModel, dict]:
         if missing or unexpected:
             raise ValueError(f"{path}: {name} does not match the world model ({missing[:2]} missing, {unexpected[:2]} unexpected)")
         module.eval().requires_grad_(False)
-    return model, json.loads(meta["world.recipe"])
+    recipe = json.loads(meta["world.recipe"])
+    model.prediction_type = recipe.get("prediction", "epsilon")
+    model.zero_terminal_snr = bool(recipe.get("zero_terminal_snr", False))
+    return model, recipe

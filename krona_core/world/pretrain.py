@@ -46,6 +46,14 @@ class Recipe:
     attribute_dropout: float = 0.2  # each optional attribute left out of a caption
     min_snr_gamma: float = 5.0
     snr_floor: float = 0.0  # x0-loss weight at least this at high noise (min-SNR gives it SNR ≈ 0.005 at t = 999)
+    prediction: str = "epsilon"  # or v_prediction
+    zero_terminal_snr: bool = False  # the schedule's last step pure noise (needs v_prediction)
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("epsilon", "v_prediction"):
+            raise ValueError(f"Recipe.prediction: expected epsilon or v_prediction, got {self.prediction!r}")
+        if self.zero_terminal_snr and self.prediction != "v_prediction":
+            raise ValueError("Recipe.zero_terminal_snr needs prediction='v_prediction' (ε is undefined at zero SNR)")
     ema: float = 0.995
     checkpoint_every: int = 200
 
@@ -116,6 +124,16 @@ def encode_dataset(model: world_model.WorldModel, recipe: Recipe, device: torch.
     return torch.cat(latents), drawn
 
 
+def schedule_and_weights(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """ᾱ per timestep and the loss weight per timestep: min-SNR-γ (floored at snr_floor) as an
+    x0-loss weight, turned into the weight of the ε loss (an ε error is an x0 error × √snr) or of
+    the v loss (× √(snr + 1))."""
+    ab = sd_alphas_cumprod(zero_terminal_snr=recipe.zero_terminal_snr).double()
+    snr = ab / (1 - ab)
+    x0_weight = torch.clamp(snr, min=recipe.snr_floor, max=recipe.min_snr_gamma)
+    return ab.float(), (x0_weight / (snr + 1 if recipe.prediction == "v_prediction" else snr)).float()
+
+
 def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list[scenes.Scene], recipe: Recipe,
                device: torch.device, log: Log, checkpoint: Callable[[int, world_model.WorldModel], None]) -> world_model.WorldModel:
     """Returns a copy holding the EMA weights; `checkpoint(step, ema)` at every checkpoint."""
@@ -123,9 +141,8 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
     ema = copy.deepcopy(model)
     params = [*unet.parameters(), *te.parameters()]
     opt = torch.optim.AdamW(params, recipe.unet_lr, weight_decay=1e-2)
-    ab = sd_alphas_cumprod().to(device)
-    snr = ab / (1 - ab)
-    weight = torch.clamp(snr, min=recipe.snr_floor, max=recipe.min_snr_gamma) / snr
+    ab, weight = schedule_and_weights(recipe)
+    ab, weight = ab.to(device), weight.to(device)
     g = torch.Generator().manual_seed(recipe.seed + 11)
     rng = np.random.default_rng(recipe.seed + 13)
     started = time.perf_counter()
@@ -141,8 +158,9 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         for group in opt.param_groups:
             group["lr"] = recipe.unet_lr * _cosine(step, recipe.unet_steps, recipe.warmup)
+        target = a.sqrt() * eps - (1 - a).sqrt() * x0 if recipe.prediction == "v_prediction" else eps
         pred = unet(x_t, t, te(ids.to(device))[0]).sample
-        loss = (weight[t] * ((pred - eps) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -168,6 +186,7 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
         raise FileExistsError(f"{out} exists; choose another name or allow overwriting")
     started = time.perf_counter()
     model = world_model.build(recipe.seed)
+    model.prediction_type, model.zero_terminal_snr = recipe.prediction, recipe.zero_terminal_snr
     train_vae(model, recipe, device, log)
     refine_decoder(model, recipe, device, log)
     latents, drawn = encode_dataset(model, recipe, device)
@@ -182,4 +201,4 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
 
     checkpoint(0, model)  # the VAE alone: its reconstructions can be checked while the UNet trains
     ema = train_unet(model, latents, drawn, recipe, device, log, checkpoint)
-    return world_model.WorldModel(ema.unet.cpu(), ema.vae.cpu(), ema.text_encoder.cpu(), ema.tokenizer)
+    return dataclasses.replace(ema, unet=ema.unet.cpu(), vae=ema.vae.cpu(), text_encoder=ema.text_encoder.cpu())
