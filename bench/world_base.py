@@ -11,6 +11,9 @@
   the position word at all, and how fast?
 - `base`: the shipped base on both scores.
 
+A UNet variant with the suffix `+coords` (e.g. `position base+coords 1000`) also sees two coordinate
+channels: a diagnostic of whether the architecture's lack of absolute position is what stops it.
+
 Results are appended as JSON lines to --out; bench/WORLD_BASE.md records the runs.
 `python bench/world_base.py unet deep3 600 --evals 300,600`
 """
@@ -45,6 +48,22 @@ VAES = {  # (changes to world_model.VAE, loss with the decoder's edge terms, dec
     "edge_mean": ({}, True, True),
     "latent16": (dict(latent_channels=16), False, False),
 }
+
+
+def coordinate_unet(**config):
+    """A diagnostic, not an SD shape: the UNet also sees two channels of absolute (row, col)
+    coordinates, so whether it can place a shape by a word no longer rests on what zero padding
+    tells its convolutions about where they are."""
+    from diffusers import UNet2DConditionModel
+
+    class CoordinateUNet(UNet2DConditionModel):
+        def forward(self, sample, timestep, encoder_hidden_states, *args, **kwargs):
+            n, _, h, w = sample.shape
+            rows, cols = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+            coords = torch.stack([rows, cols]).to(sample).expand(n, -1, -1, -1)
+            return super().forward(torch.cat([sample, coords], dim=1), timestep, encoder_hidden_states, *args, **kwargs)
+
+    return CoordinateUNet(**{**config, "in_channels": config["in_channels"] + 2})
 
 
 def position_spread(denoiser, shape: str = "square", count: int = 16, seed: int = 3) -> dict[str, list[float]]:
@@ -103,7 +122,9 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
     shipped, _ = world_model.load()
     model = world_model.build(0, shipped.vae.config.scaling_factor)
     torch.manual_seed(0)
-    model.unet, model.vae = UNet2DConditionModel(**{**world_model.UNET, **UNETS[variant]}), shipped.vae
+    config = {**world_model.UNET, **UNETS[variant.removesuffix("+coords")]}
+    model.unet = coordinate_unet(**config) if variant.endswith("+coords") else UNet2DConditionModel(**config)
+    model.vae = shipped.vae
     # latents scaled down: less of x0 survives at t = 999 (the schedule's terminal SNR, times the scale²)
     model.vae.register_to_config(scaling_factor=shipped.vae.config.scaling_factor * latent_scale)
     if embed_std:  # word embeddings drawn wider than CLIP's 0.02, so words start far apart
