@@ -132,7 +132,7 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
     recipe = pretrain.Recipe(unet_steps=steps, unet_stop=None, checkpoint_every=min(evals), unet_batch=16 if toy else 64,
                              snr_floor=snr_floor, prediction="v_prediction" if v_zsnr else "epsilon",
                              zero_terminal_snr=v_zsnr)
-    model.prediction_type, model.zero_terminal_snr = recipe.prediction, recipe.zero_terminal_snr
+    recipe.apply_schedule(model)
     started = time.perf_counter()
     latents, drawn = one_attribute_world(model) if toy else pretrain.encode_dataset(model, recipe, torch.device("cpu"))
 

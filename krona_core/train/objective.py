@@ -75,6 +75,23 @@ def prediction_from_denoised(prediction_type: str, x_t: torch.Tensor, denoised: 
     return eps - denoised
 
 
+def diffusion_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor,
+                     s: torch.Tensor) -> torch.Tensor:
+    """What the objective predicts at x_t = a·x0 + s·ε: ε, v = a·ε − s·x0, or the velocity ε − x0."""
+    if prediction_type == "v_prediction":
+        return a * noise - s * x0
+    if prediction_type == "flow":
+        return noise - x0
+    return noise
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str, floor: float = 0.0) -> torch.Tensor:
+    """Min-SNR-γ (an x0-loss weight of min(snr, γ), at least `floor`) as the weight of the ε loss
+    (an ε error is an x0 error × √snr) or of the v loss (× √(snr + 1))."""
+    clipped = snr.clamp(min=floor, max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
 def diffusion_loss(
     denoiser: Denoiser,
     latents: torch.Tensor,
@@ -100,20 +117,12 @@ def diffusion_loss(
     a, s = noise_coefficients(kind, level, None if kind == "flow" else denoiser.alphas_cumprod, latents.dim())
     x0, noise, a, s = latents.to(device), noise.to(device), a.to(device), s.to(device)
     x_t = a * x0 + s * noise
-    if kind == "v_prediction":
-        target = a * noise - s * x0
-    elif kind == "flow":
-        target = noise - x0
-    else:
-        target = noise
+    target = diffusion_target(kind, x0, noise, a, s)
     pred = denoiser.predict(x_t, level.to(device), cond)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.dim())))
     if config.min_snr_gamma:
         ab = denoiser.alphas_cumprod[level]
-        snr = (ab / (1 - ab)).to(device)
-        clipped = snr.clamp(max=config.min_snr_gamma)
-        weight = clipped / (snr + 1) if kind == "v_prediction" else clipped / snr
-        per_sample = per_sample * weight
+        per_sample = per_sample * min_snr_weight((ab / (1 - ab)).to(device), config.min_snr_gamma, kind)
     return per_sample.mean()
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train.diffusers_backend import sd_alphas_cumprod
+from ..train.objective import diffusion_target, min_snr_weight
 from . import model as world_model
 from . import scenes
 
@@ -48,14 +49,18 @@ class Recipe:
     snr_floor: float = 0.0  # x0-loss weight at least this at high noise (min-SNR gives it SNR ≈ 0.005 at t = 999)
     prediction: str = "epsilon"  # or v_prediction
     zero_terminal_snr: bool = False  # the schedule's last step pure noise (needs v_prediction)
+    ema: float = 0.995
+    checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
         if self.prediction not in ("epsilon", "v_prediction"):
             raise ValueError(f"Recipe.prediction: expected epsilon or v_prediction, got {self.prediction!r}")
         if self.zero_terminal_snr and self.prediction != "v_prediction":
             raise ValueError("Recipe.zero_terminal_snr needs prediction='v_prediction' (ε is undefined at zero SNR)")
-    ema: float = 0.995
-    checkpoint_every: int = 200
+
+    def apply_schedule(self, model: world_model.WorldModel) -> None:
+        """Give the model this recipe's prediction type and schedule (what its denoiser samples with)."""
+        model.prediction_type, model.zero_terminal_snr = self.prediction, self.zero_terminal_snr
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -125,13 +130,10 @@ def encode_dataset(model: world_model.WorldModel, recipe: Recipe, device: torch.
 
 
 def schedule_and_weights(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
-    """ᾱ per timestep and the loss weight per timestep: min-SNR-γ (floored at snr_floor) as an
-    x0-loss weight, turned into the weight of the ε loss (an ε error is an x0 error × √snr) or of
-    the v loss (× √(snr + 1))."""
+    """ᾱ per timestep and the loss weight per timestep (min-SNR-γ, floored at snr_floor)."""
     ab = sd_alphas_cumprod(zero_terminal_snr=recipe.zero_terminal_snr).double()
-    snr = ab / (1 - ab)
-    x0_weight = torch.clamp(snr, min=recipe.snr_floor, max=recipe.min_snr_gamma)
-    return ab.float(), (x0_weight / (snr + 1 if recipe.prediction == "v_prediction" else snr)).float()
+    weight = min_snr_weight(ab / (1 - ab), recipe.min_snr_gamma, recipe.prediction, recipe.snr_floor)
+    return ab.float(), weight.float()
 
 
 def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list[scenes.Scene], recipe: Recipe,
@@ -158,7 +160,7 @@ def train_unet(model: world_model.WorldModel, latents: torch.Tensor, drawn: list
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         for group in opt.param_groups:
             group["lr"] = recipe.unet_lr * _cosine(step, recipe.unet_steps, recipe.warmup)
-        target = a.sqrt() * eps - (1 - a).sqrt() * x0 if recipe.prediction == "v_prediction" else eps
+        target = diffusion_target(recipe.prediction, x0, eps, a.sqrt(), (1 - a).sqrt())
         pred = unet(x_t, t, te(ids.to(device))[0]).sample
         loss = (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -186,7 +188,7 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
         raise FileExistsError(f"{out} exists; choose another name or allow overwriting")
     started = time.perf_counter()
     model = world_model.build(recipe.seed)
-    model.prediction_type, model.zero_terminal_snr = recipe.prediction, recipe.zero_terminal_snr
+    recipe.apply_schedule(model)
     train_vae(model, recipe, device, log)
     refine_decoder(model, recipe, device, log)
     latents, drawn = encode_dataset(model, recipe, device)
