@@ -7,7 +7,6 @@ sampler path; Train KronA → Save KronA → Apply KronA equals core's LoraLoade
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,12 +121,11 @@ def test_a_second_training_while_the_first_is_loaded(comfy_server, tmp_path):
     ComfyUI puts the model's own (inference-mode) norm scales back as it detaches the first clone;
     the second must still run on ordinary copies (a CI failure of stop 22 that depended on when the
     first clone was collected). Run in the host's own interpreter, the pack imported as a package."""
-    from helpers.host_process import HOST_STUBS, torchvision_importable
+    from helpers.host_process import host_interpreter_env
 
     model = cached_tiny_dit(comfy_server.comfyui_path, "sd3", CASES["sd3"][3])
     (tmp_path / "krona_pack").symlink_to(_TESTS.parent, target_is_directory=True)
-    paths = [str(tmp_path), str(comfy_server.comfyui_path)] + ([] if torchvision_importable() else [str(HOST_STUBS)])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+    env = host_interpreter_env(comfy_server.comfyui_path, tmp_path)
     done = subprocess.run([sys.executable, "-c", _SECOND_TRAINING, str(model)], env=env, cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,6 +65,14 @@ def test_cache_dir() -> Path:
 _TORCHVISION_CACHE: Dict[str, bool] = {}
 
 
+def host_interpreter_env(comfyui: PathLike, *first: PathLike) -> dict:
+    """The environment for running code in the tests' interpreter with the ComfyUI checkout (and
+    the `first` folders before it) on its path, the stand-in torchvision when the real one does not
+    import, offline."""
+    paths = [*map(str, first), str(comfyui)] + ([] if torchvision_importable() else [str(HOST_STUBS)])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+
+
 def torchvision_importable(python: PathLike = sys.executable) -> bool:
     """Whether the real torchvision imports in ``python`` (checked in a subprocess, cached)."""
     key = str(python)

@@ -12,7 +12,6 @@ Wan) and fixes others at the real models' values (Flux, Chroma, Lumina 2, Qwen-I
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,10 +111,9 @@ def main(family: str, out: str, seed: str, dtype: str) -> None:
 
 def _in_host(comfyui: Path, arguments: list[str], cwd: Path, what: str) -> None:
     """Run this file with `arguments` in the tests' interpreter, the ComfyUI checkout on its path."""
-    from .host_process import HOST_STUBS, torchvision_importable
+    from .host_process import host_interpreter_env
 
-    paths = [str(comfyui)] + ([] if torchvision_importable() else [str(HOST_STUBS)])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+    env = host_interpreter_env(comfyui)
     done = subprocess.run([sys.executable, __file__, *arguments], env=env, cwd=str(cwd), capture_output=True, text=True,
                           timeout=900)
     if done.returncode != 0:
