@@ -5,7 +5,8 @@
   following (`world_metrics.prompt_following`) and on where it puts "a large red square at the
   {position}" (mean and spread of the shape's centroid per position word);
 - `vae VARIANT STEPS`: a fresh VAE trained for STEPS steps, scored by the detectors on
-  encode → decode of 200 held-out scenes (errors per attribute, and per shape × size);
+  encode → decode of 200 held-out scenes (errors per attribute, and per shape × size) and of 24
+  renders of the personalisation task's emblem (how many the emblem detector still accepts);
 - `position VARIANT STEPS`: the same, on a one-attribute world (a large red circle on a plain
   background at one of the 5 positions, batch 16): can the architecture learn to place a shape by
   the position word at all, and how fast?
@@ -31,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from krona_core.eval.generate import generate
-from krona_core.eval.world_metrics import prompt_following
-from krona_core.world import detect, scenes
+from krona_core.eval.world_metrics import is_emblem, prompt_following, subject_similarity
+from krona_core.world import detect, scenes, task
 from krona_core.world import model as world_model
 from krona_core.world import pretrain
 
@@ -42,11 +43,13 @@ UNETS = {  # changes to world_model.UNET
     "deep3": dict(THREE_LEVELS, block_out_channels=(32, 64, 64)),  # 8×8 → 4×4 → 2×2
     "lpb2": dict(layers_per_block=2),
 }
-VAES = {  # (changes to world_model.VAE, loss with the decoder's edge terms, decode the posterior mean)
-    "base": ({}, False, False),
-    "edge": ({}, True, False),
-    "edge_mean": ({}, True, True),
-    "latent16": (dict(latent_channels=16), False, False),
+VAES = {  # (changes to world_model.VAE, loss with the decoder's edge terms, decode the posterior mean,
+    # share of uncaptioned composites among the images)
+    "base": ({}, False, False, 0.0),
+    "edge": ({}, True, False, 0.0),
+    "edge_mean": ({}, True, True, 0.0),
+    "latent16": (dict(latent_channels=16), False, False, 0.0),
+    "composites": ({}, False, False, 0.5),  # the recipe's since stop 24
 }
 
 
@@ -158,21 +161,23 @@ def reconstruction_errors(vae: torch.nn.Module, count: int = 200, seed: int = 99
             errors[attribute] += not hit
         if detect.detect(image).shape != scene.shape:
             shapes[f"{scene.size} {scene.shape}"] += 1
-    return {"of": count, "errors": dict(errors), "shape_errors": dict(shapes)}
+    refs = task.references(24)
+    kept = ((vae.decode(vae.encode(torch.from_numpy(refs) * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+    return {"of": count, "errors": dict(errors), "shape_errors": dict(shapes),
+            "emblem_kept_of_24": sum(map(is_emblem, kept)), "emblem_similarity": round(subject_similarity(kept, refs), 3)}
 
 
 def run_vae(variant: str, steps: int, evals: list[int], log) -> None:
     from diffusers import AutoencoderKL
 
-    changes, edge, use_mean = VAES[variant]
+    changes, edge, use_mean, share = VAES[variant]
     torch.manual_seed(0)
     vae = AutoencoderKL(**{**world_model.VAE, **changes}).train()
     recipe = pretrain.Recipe()
     opt = torch.optim.AdamW(vae.parameters(), recipe.vae_lr, weight_decay=0.0)
     started = time.perf_counter()
     for step in range(steps):
-        pixels, _ = scenes.sample(recipe.vae_batch, step, heldout=None)
-        x = torch.from_numpy(pixels) * 2 - 1
+        x = torch.from_numpy(scenes.vae_sample(recipe.vae_batch, step, share)) * 2 - 1
         for group in opt.param_groups:
             group["lr"] = recipe.vae_lr * pretrain._cosine(step, steps, 50)
         posterior = vae.encode(x).latent_dist

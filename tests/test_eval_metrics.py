@@ -16,6 +16,16 @@ def test_the_emblem_is_told_from_every_world_scene():
     assert not any(wm.is_emblem(im) for im in world)
 
 
+def test_near_misses_of_the_emblem_are_refused():
+    rng = np.random.default_rng(4)
+    emblem = task.render_emblem(task.Placement("large", "center", "plain"), rng)
+    assert wm.is_emblem(emblem)
+    flipped = emblem[:, ::-1, :].copy()  # blue above yellow
+    sideways = emblem.transpose(0, 2, 1).copy()  # yellow left of blue
+    yellow = np.where(wm.detect.foreground(emblem)[None], task.UPPER[:, None, None], emblem)  # one colour
+    assert not any(wm.is_emblem(im) for im in (flipped, sideways, yellow))
+
+
 def test_subject_similarity_ranks_the_subject_above_world_shapes():
     refs = task.references()
     images, _ = task.training_set(seed=3)

@@ -48,3 +48,20 @@ def test_each_shape_and_size_by_hand(scene):
 def test_an_empty_background_has_no_shape():
     grey = scenes.background("gradient", np.random.default_rng(0))
     assert detect.detect(grey) == detect.Detection(None, None, None, None, "gradient")
+
+
+def test_the_vaes_composites_are_seeded_and_replace_the_stated_share():
+    plain, _ = scenes.sample(64, seed=3, heldout=None)
+    assert np.array_equal(scenes.vae_sample(64, 3, 0.0), plain)
+    mixed = scenes.vae_sample(64, 3, 0.5)
+    assert np.array_equal(mixed, scenes.vae_sample(64, 3, 0.5))
+    replaced = [not np.array_equal(a, b) for a, b in zip(mixed, plain)]
+    assert 20 <= sum(replaced) <= 44 and mixed.shape == plain.shape and 0 <= mixed.min() and mixed.max() <= 1
+
+    def colours(image):
+        return {name for name, rgb in scenes.COLOURS.items()
+                if (np.abs(image - np.array(rgb)[:, None, None]).max(axis=0) < 0.06).sum() >= 3}
+
+    # composites may hold several colours on the grey: what a world scene never does
+    assert max(len(colours(im)) for im, r in zip(mixed, replaced) if r) >= 2
+    assert max(len(colours(im)) for im in plain) == 1

@@ -23,7 +23,8 @@ def test_the_zero_terminal_snr_schedule_is_diffusers_rescaling():
 
 
 def test_loss_weights_by_hand():
-    ab, eps_weight = pretrain.schedule_and_weights(pretrain.Recipe())
+    ab, eps_weight = pretrain.schedule_and_weights(pretrain.Recipe(prediction="epsilon", zero_terminal_snr=False,
+                                                                   snr_floor=0.0))
     snr = ab.double() / (1 - ab.double())
     for t in (0, 400, 999):  # min-SNR-5 for ε: min(snr, 5) / snr
         assert float(eps_weight[t]) == pytest.approx(min(float(snr[t]), 5.0) / float(snr[t]), rel=1e-5)
@@ -36,16 +37,19 @@ def test_loss_weights_by_hand():
 
 def test_epsilon_on_zero_terminal_snr_is_refused():
     with pytest.raises(ValueError, match="zero_terminal_snr needs prediction='v_prediction'"):
-        pretrain.Recipe(zero_terminal_snr=True)
+        pretrain.Recipe(prediction="epsilon", zero_terminal_snr=True)
     with pytest.raises(ValueError, match="Recipe.prediction"):
         pretrain.Recipe(prediction="sample")
 
 
 def test_the_schedule_travels_with_the_weights(tmp_path):
     shipped, _ = world_model.load()
-    assert (shipped.prediction_type, shipped.zero_terminal_snr) == ("epsilon", False)  # files before the option
+    assert (shipped.prediction_type, shipped.zero_terminal_snr) == ("v_prediction", True)
     model = world_model.build(0)
-    recipe = pretrain.Recipe(prediction="v_prediction", zero_terminal_snr=True)
+    world_model.save(model, tmp_path / "old.safetensors", {"seed": 0})  # a file from before the option
+    old, _ = world_model.load(tmp_path / "old.safetensors")
+    assert (old.denoiser().prediction_type, float(old.denoiser().alphas_cumprod[-1]) > 0) == ("epsilon", True)
+    recipe = pretrain.Recipe()
     world_model.save(model, tmp_path / "base.safetensors", {"prediction": recipe.prediction,
                                                             "zero_terminal_snr": recipe.zero_terminal_snr})
     loaded, _ = world_model.load(tmp_path / "base.safetensors")

@@ -5,12 +5,15 @@ LoRA, through the same harness."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from krona_core.eval.world_metrics import prompt_following, subject_scores
 from krona_core.world import model as world_model
 from krona_core.world.personalise import RECIPE, task_examples, train_method
+from krona_core.world.pretrain import Recipe
 
 STATED_MEAN = 0.55  # mean per-attribute accuracy on held-out captions: measured 0.61 (README), minus sampling slack
 SUBJECT_GAIN = 0.08  # subject fidelity after the demo's training minus the base's, at least
@@ -68,4 +71,5 @@ def test_the_eval_command_reports_the_bases_prompt_following(single_thread, caps
     assert main(["eval", "--samples", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["prompt_following"]) == {"shape", "colour", "size", "position", "background", "mean", "all"}
-    assert report["pretraining"]["unet_steps_done"] == 1000
+    assert report["pretraining"]["unet_steps_done"] == Recipe().unet_stop  # the shipped base is the recipe's
+    assert report["pretraining"] == {**report["pretraining"], **dataclasses.asdict(Recipe())}

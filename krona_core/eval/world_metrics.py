@@ -68,21 +68,22 @@ def subject_similarity(images: np.ndarray, refs: np.ndarray) -> float:
 
 
 def is_emblem(image: np.ndarray) -> bool:
-    """A ring of the emblem's yellow around a dot of its blue."""
+    """A disc of the emblem's yellow above the emblem's blue: two comparable halves, one over the
+    other, that make up most of the shape (a world scene has one colour per shape)."""
     mask = detect.foreground(image)
     if mask.sum() < detect.MIN_AREA:
         return False
-    ring = mask & (np.abs(image - task.RING[:, None, None]).max(axis=0) < 0.3)
-    dot = mask & (np.abs(image - task.DOT[:, None, None]).max(axis=0) < 0.3)
-    if ring.sum() < 4 or dot.sum() < 1:
+    upper = mask & (np.abs(image - task.UPPER[:, None, None]).max(axis=0) < 0.3)
+    lower = mask & (np.abs(image - task.LOWER[:, None, None]).max(axis=0) < 0.3)
+    if upper.sum() < 3 or lower.sum() < 3:
         return False
-    ring_c = np.argwhere(ring).mean(axis=0)
-    dot_c = np.argwhere(dot).mean(axis=0)
-    return bool(np.hypot(*(ring_c - dot_c)) < 2.5 and dot.sum() < ring.sum())
+    (upper_row, upper_col), (lower_row, lower_col) = np.argwhere(upper).mean(axis=0), np.argwhere(lower).mean(axis=0)
+    return bool(lower_row - upper_row >= 1.5 and abs(upper_col - lower_col) < 2.5
+                and 1 / 3 < upper.sum() / lower.sum() < 3 and upper.sum() + lower.sum() >= 0.6 * mask.sum())
 
 
 def emblem_size(image: np.ndarray) -> str | None:
-    """small / large from the foreground's extent (the emblem's hole defeats the area rule)."""
+    """small / large from the foreground's extent (the area rule is the world's shapes')."""
     mask = detect.foreground(image)
     if mask.sum() < detect.MIN_AREA:
         return None

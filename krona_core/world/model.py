@@ -3,7 +3,8 @@ with cross-attention, transformers CLIPTextModel, SD1 module names) small enough
 two CPU cores, and its shipped weights (`weights/world-base.safetensors`, recipe in metadata).
 
 The VAE is trained on the world first (32×32 RGB → 8×8×8 latents, more channels than SD's 4 so
-shapes survive the round trip); a word
+shapes survive the round trip); the UNet predicts v on a zero-terminal-SNR schedule (SD 2.x-style,
+`pretrain.py` says why), and the file's recipe tells `load` which; a word
 tokenizer over the world's vocabulary plus a few rare words (`sks` among them) the world never
 uses, whose embeddings stay at their seeded initialisation — the role rare tokens play in SD.
 """

@@ -1,7 +1,12 @@
 """Reproduce the world base from a seed: the VAE on rendered scenes first (then its decoder alone,
-for sharp edges), then the UNet and text
-encoder on the encoded latents (ε-prediction on SD's scaled-linear schedule, min-SNR weighting,
-caption dropout for classifier-free guidance, EMA weights). Uses a GPU when there is one.
+for sharp edges), then the UNet and text encoder on the encoded latents (v-prediction on SD's
+scaled-linear schedule rescaled to zero terminal SNR, min-SNR weighting floored at 1, caption
+dropout for classifier-free guidance, EMA weights). Uses a GPU when there is one.
+
+Why v-prediction with zero terminal SNR (bench/WORLD_BASE.md, "Stop 23"): on SD's own schedule x_t
+at t = 999 still shows x0's layout, so the ε loss never needs the position words and the base
+ignored them (position at chance); with the last step pure noise the model must place the shape
+from the text alone.
 
 `python -m krona_core pretrain-world --out FILE` (see `Recipe` for every setting).
 """
@@ -31,24 +36,25 @@ Log = Callable[[str], None]
 @dataclass
 class Recipe:
     seed: int = 0
-    vae_steps: int = 800
+    vae_steps: int = 1500
     vae_batch: int = 32
     vae_lr: float = 3e-3
     vae_kl: float = 1e-6
+    vae_composites: float = 0.5  # share of the VAE's images that are uncaptioned composites (scenes.composite)
     decoder_steps: int = 1500  # then the decoder alone (encoder frozen, so the latents stay the same): sharper edges
     decoder_lr: float = 1e-3
     dataset: int = 12000  # training scenes (held-out combinations excluded), encoded once
-    unet_steps: int = 1200  # length of the lr schedule
-    unet_stop: int | None = 1000  # stop early at this step of it (what the shipped base did, for time)
+    unet_steps: int = 4000  # length of the lr schedule
+    unet_stop: int | None = None  # stop early at this step of it (None: run the whole schedule)
     unet_batch: int = 64
     unet_lr: float = 2e-3
     warmup: int = 50
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.2  # each optional attribute left out of a caption
     min_snr_gamma: float = 5.0
-    snr_floor: float = 0.0  # x0-loss weight at least this at high noise (min-SNR gives it SNR ≈ 0.005 at t = 999)
-    prediction: str = "epsilon"  # or v_prediction
-    zero_terminal_snr: bool = False  # the schedule's last step pure noise (needs v_prediction)
+    snr_floor: float = 1.0  # x0-loss weight at least this at high noise (min-SNR alone gives it SNR → 0 at t = 999)
+    prediction: str = "v_prediction"  # or epsilon (SD 1.x's; the first shipped base, which ignored position words)
+    zero_terminal_snr: bool = True  # the schedule's last step pure noise (needs v_prediction)
     ema: float = 0.995
     checkpoint_every: int = 200
 
@@ -74,7 +80,7 @@ def train_vae(model: world_model.WorldModel, recipe: Recipe, device: torch.devic
     opt = torch.optim.AdamW(vae.parameters(), recipe.vae_lr, weight_decay=0.0)
     started = time.perf_counter()
     for step in range(recipe.vae_steps):
-        pixels, _ = scenes.sample(recipe.vae_batch, recipe.seed * 1_000_003 + step, heldout=None)
+        pixels = scenes.vae_sample(recipe.vae_batch, recipe.seed * 1_000_003 + step, recipe.vae_composites)
         x = torch.from_numpy(pixels).to(device) * 2 - 1
         for group in opt.param_groups:
             group["lr"] = recipe.vae_lr * _cosine(step, recipe.vae_steps, 50)
@@ -104,7 +110,7 @@ def refine_decoder(model: world_model.WorldModel, recipe: Recipe, device: torch.
     opt = torch.optim.AdamW(decoder, recipe.decoder_lr, weight_decay=0.0)
     started = time.perf_counter()
     for step in range(recipe.decoder_steps):
-        pixels, _ = scenes.sample(recipe.vae_batch, recipe.seed * 1_000_003 + 500_000 + step, heldout=None)
+        pixels = scenes.vae_sample(recipe.vae_batch, recipe.seed * 1_000_003 + 500_000 + step, recipe.vae_composites)
         x = torch.from_numpy(pixels).to(device) * 2 - 1
         for group in opt.param_groups:
             group["lr"] = recipe.decoder_lr * _cosine(step, recipe.decoder_steps, 50)
@@ -189,15 +195,22 @@ def pretrain(out: str | Path, recipe: Recipe = Recipe(), log: Log = print, overw
     started = time.perf_counter()
     model = world_model.build(recipe.seed)
     recipe.apply_schedule(model)
-    train_vae(model, recipe, device, log)
-    refine_decoder(model, recipe, device, log)
+    phases: dict[str, float] = {}
+    for name, phase in (("vae", train_vae), ("decoder", refine_decoder)):
+        begun = time.perf_counter()
+        phase(model, recipe, device, log)
+        phases[f"{name}_s"] = round(time.perf_counter() - begun, 1)
     latents, drawn = encode_dataset(model, recipe, device)
     model.vae.register_to_config(scaling_factor=float(1 / latents.std()))
     log(f"encoded {len(latents)} scenes; latent std {latents.std():.3f} → scaling factor {model.vae.config.scaling_factor:.4f}")
+    unet_started = time.perf_counter()
 
     def checkpoint(step: int, ema: world_model.WorldModel) -> None:
+        now = time.perf_counter()
         record = {**dataclasses.asdict(recipe), "unet_steps_done": step, "device": device.type,
-                  "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
+                  "threads": torch.get_num_threads(), "seconds": round(now - started, 1),
+                  "phase_seconds": {**phases, "unet_s": round(now - unet_started, 1) if step else 0.0},
+                  "torch": torch.__version__}
         world_model.save(ema, out, record, overwrite=True)
         log(f"checkpoint at unet step {step} → {out}")
 

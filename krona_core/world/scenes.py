@@ -120,6 +120,37 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return (img * (1 - mask) + colour[:, None, None] * mask).astype(np.float32)
 
 
+def composite(rng: np.random.Generator) -> np.ndarray:
+    """(3, 32, 32) in [0, 1]: an uncaptioned image for the VAE alone — 1–2 shapes anywhere, of any
+    size and world colour, each holding up to two nested or overlapping shapes of another colour or
+    of grey. It
+    teaches the autoencoder things the captioned world never shows (as SD's VAE sees far more than
+    its captions name), so a new subject such as the personalisation task's emblem survives the
+    round trip; the UNet never sees these."""
+    img = background(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], rng)
+    palette = [np.array(c, np.float32) for c in COLOURS.values()]
+    for _ in range(rng.integers(1, 3)):
+        centre = tuple(rng.uniform(5, SIZE - 5, 2))
+        half = rng.uniform(3.0, 10.0)
+        for level in range(rng.integers(1, 4)):
+            grey = level > 0 and rng.random() < 0.4
+            colour = np.full(3, rng.uniform(0.25, 0.5), np.float32) if grey else palette[rng.integers(len(palette))]
+            mask = shape_mask(SHAPES[rng.integers(len(SHAPES))], centre, half)
+            img = img * (1 - mask) + colour[:, None, None] * mask
+            shift = rng.uniform(-0.6, 0.6, 2) * half  # the next one nested, or overlapping this one's edge
+            centre, half = (centre[0] + shift[0], centre[1] + shift[1]), half * rng.uniform(0.35, 0.8)
+    return img.astype(np.float32)
+
+
+def vae_sample(count: int, seed: int, composite_share: float) -> np.ndarray:
+    """World scenes (any combination) with `composite_share` of them replaced by `composite` images."""
+    pixels, _ = sample(count, seed, heldout=None)
+    rng = np.random.default_rng(seed + 1)
+    for i in np.nonzero(rng.random(count) < composite_share)[0]:
+        pixels[i] = composite(rng)
+    return pixels
+
+
 def sample(count: int, seed: int, heldout: bool | None = False) -> tuple[np.ndarray, list[Scene]]:
     """`count` scenes and images (N, 3, 32, 32) in [0, 1], deterministic from seed."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
-"""The personalisation task on the world: an emblem the world never shows (a yellow ring around
-a blue dot — the world draws one flat colour per shape), 4 training images, the trigger `sks`,
+"""The personalisation task on the world: an emblem the world never shows (a disc, its upper half
+yellow and its lower half blue — the world draws one flat colour per shape), 4 training images, the
+trigger `sks`,
 the class prompt "a circle" for prior preservation, and the prompts that put the subject on
 backgrounds, sizes and positions it was never trained on."""
 
@@ -13,7 +14,7 @@ from . import scenes
 
 TRIGGER = "sks"
 CLASS_PROMPT = "a circle"
-RING, DOT = np.array((0.95, 0.85, 0.1), np.float32), np.array((0.15, 0.3, 0.95), np.float32)
+UPPER, LOWER = np.array((0.95, 0.85, 0.1), np.float32), np.array((0.15, 0.3, 0.95), np.float32)
 TRAIN = (("large", "center", "plain"), ("large", "left", "gradient"), ("small", "right", "plain"), ("large", "top", "gradient"))
 EVAL = (("small", "bottom", "striped"), ("large", "right", "striped"), ("small", "left", "gradient"),
         ("large", "bottom", "plain"), ("small", "top", "striped"), ("large", "center", "striped"))
@@ -35,12 +36,10 @@ def render_emblem(place: Placement, rng: np.random.Generator) -> np.ndarray:
     row, col = scenes.POSITIONS[place.position]
     centre = (row + rng.uniform(-1, 1), col + rng.uniform(-1, 1))
     half = scenes.SIZES[place.size] * rng.uniform(0.92, 1.08)
-    outer = scenes.shape_mask("circle", centre, half)
-    hole = scenes.shape_mask("circle", centre, half * 0.62)
-    dot = scenes.shape_mask("circle", centre, half * 0.36)
-    ring = np.clip(outer - hole, 0, 1)
-    img = img * (1 - ring) + RING[:, None, None] * ring
-    return (img * (1 - dot) + DOT[:, None, None] * dot).astype(np.float32)
+    disc = scenes.shape_mask("circle", centre, half)
+    upper = np.clip(centre[0] - np.arange(scenes.SIZE, dtype=np.float32)[:, None], 0, 1)  # coverage above the cut
+    img = img * (1 - disc) + disc * (UPPER[:, None, None] * upper + LOWER[:, None, None] * (1 - upper))
+    return img.astype(np.float32)
 
 
 def training_set(seed: int = 0) -> tuple[np.ndarray, list[str]]:
