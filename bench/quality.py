@@ -35,7 +35,7 @@ from krona_core.world.personalise import RECIPE, task_examples, train_method  # 
 
 LRS = [1e-4, 1e-3, 1e-2]
 SEEDS = [0, 1, 2]
-STEPS = [75, 150]  # scored during one run of the longest (constant lr: the same as separate runs)
+STEPS = [150, 300]  # scored during one run of the longest (constant lr: the same as separate runs)
 
 
 class LycorisLoKr:

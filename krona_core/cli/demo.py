@@ -34,7 +34,18 @@ PROMPT = f"a {task.TRIGGER} circle"
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int | None = None, seed: int = 0) -> Path:
-    """Run the demo; steps None → the task recipe's."""
+    """Run the demo; steps None → the task recipe's. At one torch thread: the world's ops are so small
+    that a second thread only adds overhead, and on a busy machine a lot of it (300 steps took 72 s at one
+    thread and 473 s at two beside two other jobs on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(out_dir, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out_dir: str | os.PathLike, steps: int | None, seed: int) -> Path:
     steps = steps or RECIPE.steps
     started = time.perf_counter()
     base, recipe = world_model.load()

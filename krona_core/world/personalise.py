@@ -17,7 +17,7 @@ from ..train.sampling import generate_class_examples
 from . import task
 
 # The paper's recipe (AdamW, constant lr, batch 1 × 4 accumulated, prior-preservation weight 1),
-# scaled to the world: fewer steps, a higher rate, (8, 4) factors for 32–64-wide layers.
+# scaled to the world: fewer steps, a higher rate, (4, 4) factors for 32–64-wide layers.
 RECIPE = TrainConfig(steps=300, lr=1e-2, a1=4, a2=4, seed=0)
 CLASS_IMAGES = 8
 RESOLUTION, BUCKET = 32, 16
