@@ -123,10 +123,9 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
 def composite(rng: np.random.Generator) -> np.ndarray:
     """(3, 32, 32) in [0, 1]: an uncaptioned image for the VAE alone — 1–2 shapes anywhere, of any
     size and world colour, each holding up to two nested or overlapping shapes of another colour or
-    of grey. It
-    teaches the autoencoder things the captioned world never shows (as SD's VAE sees far more than
-    its captions name), so a new subject such as the personalisation task's emblem survives the
-    round trip; the UNet never sees these."""
+    of grey. It teaches the autoencoder things the captioned world never shows (as SD's VAE sees far
+    more than its captions name), so a new subject such as the personalisation task's emblem
+    survives the round trip; the UNet never sees these."""
     img = background(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], rng)
     palette = [np.array(c, np.float32) for c in COLOURS.values()]
     for _ in range(rng.integers(1, 3)):

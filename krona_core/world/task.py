@@ -1,8 +1,7 @@
 """The personalisation task on the world: an emblem the world never shows (a disc, its upper half
 yellow and its lower half blue — the world draws one flat colour per shape), 4 training images, the
-trigger `sks`,
-the class prompt "a circle" for prior preservation, and the prompts that put the subject on
-backgrounds, sizes and positions it was never trained on."""
+trigger `sks`, the class prompt "a circle" for prior preservation, and the prompts that put the
+subject on backgrounds, sizes and positions it was never trained on."""
 
 from __future__ import annotations
 
