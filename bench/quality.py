@@ -138,8 +138,8 @@ def report(results: dict, lrs: list[float], seeds: list[int], steps: list[int], 
         "constant lr, batch 1 × 4 accumulated, prior preservation weight 1 with 8 generated class images)."
         + (" QUICK MODE: code paths only, not a result." if quick else ""), "",
         "Metrics (krona_core/eval/world_metrics.py): **subject** = cosine similarity of the generated subject's crop to "
-        "the emblem references (the DINO / CLIP-I analogue; references score 0.95 against each other, the world's "
-        "own shapes ≈ 0); **prompt** = accuracy of the prompted background, size and position on prompts that put "
+        "the emblem references (the DINO / CLIP-I analogue; references score 0.97 against each other, the world's "
+        "own shapes ≈ 0.01); **prompt** = accuracy of the prompted background, size and position on prompts that put "
         "the subject where it was never trained (the CLIP-T analogue); **prior** = share of class-prompt images "
         "turned into the emblem (lower is better). Mean ± sd over seeds.", "",
         f"Base (no adapter): subject {base['subject_fidelity']:+.3f}, prompt {base['prompt_fidelity']:.3f}, "
@@ -205,7 +205,8 @@ def plot(results: dict, lrs: list[float], steps: int, path: Path) -> None:
                 draw.ellipse([x - 2 + 3 * n, yv - 2, x + 2 + 3 * n, yv + 2], fill=colour)
             means.append(xy(i, statistics.mean(vals)))
         draw.line(means, fill=colour, width=2)
-        draw.text((width - right + 8, top + 14 * n), name, fill=colour, font=font)
+        label = name.replace("≈", "~").replace("−", "-")  # PIL's default font has neither
+        draw.text((width - right + 8, top + 14 * n), label, fill=colour, font=font)
     image.save(path)
 
 
