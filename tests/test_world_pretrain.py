@@ -1,7 +1,10 @@
 """The world base's pretraining schedule and loss weights (issue 14's v-prediction / zero-terminal-SNR
-option), against diffusers' own rescaling and values by hand; the schedule travels with the weights."""
+option), against diffusers' own rescaling and values by hand; the schedule travels with the weights; a
+short pretraining end to end."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -55,3 +58,18 @@ def test_the_schedule_travels_with_the_weights(tmp_path):
     loaded, _ = world_model.load(tmp_path / "base.safetensors")
     denoiser = loaded.denoiser()
     assert denoiser.prediction_type == "v_prediction" and float(denoiser.alphas_cumprod[-1]) == 0.0
+
+
+def test_a_short_pretraining_writes_a_loadable_base_with_its_record(tmp_path):
+    out = tmp_path / "base.safetensors"
+    recipe = pretrain.Recipe(vae_steps=2, decoder_steps=2, dataset=32, unet_steps=3, unet_batch=4, checkpoint_every=2)
+    lines: list[str] = []
+    pretrain.pretrain(out, recipe, log=lines.append)
+    loaded, record = world_model.load(out)
+    assert record["unet_steps_done"] == 3 and record["vae_composites"] == 0.5 and record["threads"] >= 1
+    assert set(record["phase_seconds"]) == {"vae_s", "decoder_s", "unet_s"}
+    assert record == {**record, **dataclasses.asdict(recipe)}
+    assert loaded.denoiser().prediction_type == "v_prediction"
+    assert any("checkpoint at unet step 2" in line for line in lines)
+    with pytest.raises(FileExistsError):
+        pretrain.pretrain(out, recipe, log=lines.append)  # never overwritten unless asked
