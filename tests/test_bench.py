@@ -48,6 +48,8 @@ def test_quick_quality_bench_writes_a_report(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "QUALITY-quick.md").read_text()
-    for method in ("KronA (8, 4)", "LoRA r4", "LoRA r1", "LyCORIS LoKr"):
-        assert method in report
+    from krona_core.world.personalise import RECIPE
+
+    for method in (f"KronA ({RECIPE.a1}, {RECIPE.a2})", "LoRA r4", "(≈ KronA's count)", "LyCORIS LoKr"):
+        assert f"| {method}" in report or f"{method} |" in report, method
     assert (tmp_path / "quality-quick.png").stat().st_size > 1000
