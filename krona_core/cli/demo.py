@@ -35,8 +35,8 @@ PROMPT = f"a {task.TRIGGER} circle"
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", steps: int | None = None, seed: int = 0) -> Path:
     """Run the demo; steps None → the task recipe's. At one torch thread: the world's ops are so small
-    that a second thread only adds overhead, and on a busy machine a lot of it (300 steps took 72 s at one
-    thread and 473 s at two beside two other jobs on 2 cores)."""
+    that a second thread only adds overhead, and on a busy machine a lot of it (at two threads beside two
+    one-thread jobs on 2 cores the demo took 473 s; alone at one thread it takes 54 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
