@@ -150,11 +150,16 @@ def run_unet(variant: str, steps: int, evals: list[int], count: int, log, toy: b
     pretrain.train_unet(model, latents, drawn, recipe, torch.device("cpu"), lambda line: None, checkpoint)
 
 
+def _round_trip(vae: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """Encode (posterior mean) → decode, in [0, 1]."""
+    x = torch.from_numpy(pixels) * 2 - 1
+    return ((vae.decode(vae.encode(x).latent_dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+
+
 @torch.no_grad()
 def reconstruction_errors(vae: torch.nn.Module, count: int = 200, seed: int = 99) -> dict:
     pixels, drawn = scenes.sample(count, seed, heldout=True)
-    x = torch.from_numpy(pixels) * 2 - 1
-    images = ((vae.decode(vae.encode(x).latent_dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+    images = _round_trip(vae, pixels)
     errors, shapes = Counter(), Counter()
     for image, scene in zip(images, drawn):
         for attribute, hit in detect.attribute_hits(detect.detect(image), scene).items():
@@ -162,7 +167,7 @@ def reconstruction_errors(vae: torch.nn.Module, count: int = 200, seed: int = 99
         if detect.detect(image).shape != scene.shape:
             shapes[f"{scene.size} {scene.shape}"] += 1
     refs = task.references(24)
-    kept = ((vae.decode(vae.encode(torch.from_numpy(refs) * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+    kept = _round_trip(vae, refs)
     return {"of": count, "errors": dict(errors), "shape_errors": dict(shapes),
             "emblem_kept_of_24": sum(map(is_emblem, kept)), "emblem_similarity": round(subject_similarity(kept, refs), 3)}
 
